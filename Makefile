@@ -1,0 +1,151 @@
+# uhmm - heterogeneous memory management in user space.
+# One non-recursive Makefile; sanitizer builds re-run it with another BUILD dir.
+
+VERSION   := 0.1.0
+SOVERSION := 0
+PREFIX    ?= /usr/local
+LIBDIR    ?= $(PREFIX)/lib
+INCDIR    ?= $(PREFIX)/include
+BINDIR    ?= $(PREFIX)/bin
+MANDIR    ?= $(PREFIX)/share/man
+DESTDIR   ?=
+BUILD     ?= build
+
+CC        ?= cc
+OPT       ?= -O2 -g
+SAN       ?=
+WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+             -Wpointer-arith -Wvla -Wformat=2 -Wundef -Wno-unused-parameter
+CPPFLAGS  += -Iinclude -D_GNU_SOURCE
+CFLAGS    += -std=gnu11 $(OPT) $(WARN) -pthread $(SAN)
+LIBCFLAGS := -fPIC -fvisibility=hidden
+LDFLAGS   += $(SAN)
+LIBS      := -pthread
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lm -lrt)
+JSON_CFLAGS := $(shell pkg-config --cflags json-c 2>/dev/null)
+JSON_LIBS   := $(shell pkg-config --libs json-c 2>/dev/null || echo -ljson-c)
+
+LIB_SRC   := $(sort $(wildcard src/*.c))
+LIB_OBJ   := $(LIB_SRC:src/%.c=$(BUILD)/src/%.o)
+STATIC    := $(BUILD)/libuhmm.a
+SHARED    := $(BUILD)/libuhmm.so.$(VERSION)
+
+TEST_SRC  := $(sort $(wildcard tests/unit/test_*.c))
+TESTS     := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TUTIL_OBJ := $(BUILD)/tests/t_util.o
+BENCH_SRC := $(sort $(wildcard bench/*.c))
+BENCHES   := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+CLI_SRC   := $(sort $(wildcard cli/*.c))
+CLI       := $(BUILD)/uhmm
+EXAMPLE_SRC := $(sort $(wildcard examples/*.c))
+EXAMPLES  := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
+
+# Threaded tests that also run under ThreadSanitizer.
+TSAN_TESTS ?= test_pagemap test_resource test_mirror test_migrate test_sim test_kmem
+
+.PHONY: all lib tests benches check check-asan check-tsan demo bench install \
+        abi-check lint clean header-test deps
+all: lib $(CLI) tests benches $(EXAMPLES)
+lib: $(STATIC) $(SHARED)
+tests: $(TESTS)
+benches: $(BENCHES)
+
+$(BUILD)/src/%.o: src/%.c $(wildcard src/*.h) $(wildcard include/uhmm/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LIBCFLAGS) -c -o $@ $<
+
+$(STATIC): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJ) src/libuhmm.map
+	$(CC) -shared $(LDFLAGS) -Wl,-soname,libuhmm.so.$(SOVERSION) \
+		-Wl,--version-script=src/libuhmm.map -Wl,-z,defs -o $@ $(LIB_OBJ) $(LIBS)
+	ln -sf libuhmm.so.$(VERSION) $(BUILD)/libuhmm.so.$(SOVERSION)
+	ln -sf libuhmm.so.$(VERSION) $(BUILD)/libuhmm.so
+
+$(TUTIL_OBJ): tests/t_util.c tests/t_util.h $(wildcard include/uhmm/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Itests -Isrc $(CFLAGS) -c -o $@ $<
+
+# Tests link the static library: one binary per concept, internal symbols reachable.
+$(BUILD)/tests/%: tests/unit/%.c $(TUTIL_OBJ) $(STATIC) tests/t_util.h
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Itests -Isrc $(CFLAGS) -o $@ $< $(TUTIL_OBJ) $(STATIC) \
+		$(LDFLAGS) $(CHECK_LIBS) $(LIBS)
+
+$(BUILD)/bench/%: bench/%.c bench/bench_util.h $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Ibench $(CFLAGS) -o $@ $< $(STATIC) $(LDFLAGS) $(LIBS) -lm
+
+$(CLI): $(CLI_SRC) $(wildcard cli/*.h) $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(JSON_CFLAGS) $(CFLAGS) -o $@ $(CLI_SRC) $(STATIC) \
+		$(LDFLAGS) $(JSON_LIBS) $(LIBS)
+
+$(BUILD)/examples/%: examples/%.c $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(STATIC) $(LDFLAGS) $(LIBS)
+
+deps:
+	@bash scripts/deps.sh
+
+# Installs build/test dependencies when missing (Debian), then runs every test.
+check: deps
+	$(MAKE) all header-test abi-check
+	./tests/run.sh $(BUILD)/tests
+
+check-asan:
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" tests
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		CK_TIMEOUT_MULTIPLIER=4 ./tests/run.sh build-asan/tests
+
+check-tsan:
+	$(MAKE) BUILD=build-tsan SAN="-fsanitize=thread" OPT="-O1 -g" tests
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" CK_TIMEOUT_MULTIPLIER=6 \
+		./tests/run.sh build-tsan/tests $(TSAN_TESTS)
+
+demo: deps
+	$(MAKE) $(CLI)
+	$(CLI) demo
+
+bench: benches
+	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
+
+header-test:
+	@mkdir -p $(BUILD)/hdr
+	@for h in include/uhmm.h include/uhmm/*.h; do \
+		echo "#include <$${h#include/}>" > $(BUILD)/hdr/t.c; \
+		$(CC) $(CPPFLAGS) -std=c11 -Wall -Wextra -Werror -pedantic -fsyntax-only $(BUILD)/hdr/t.c || exit 1; \
+		if command -v g++ >/dev/null; then \
+		g++ $(CPPFLAGS) -x c++ -std=c++17 -Wall -Wextra -Werror -fsyntax-only $(BUILD)/hdr/t.c || exit 1; fi; \
+	done; echo "header-test: ok"
+
+# Exported symbols must be exactly the version script's globals.
+abi-check: $(SHARED)
+	@nm -D --defined-only $(SHARED) | awk '$$2 == "T" || $$2 == "D" || $$2 == "B" {print $$3}' \
+		| sed 's/@.*//' | grep -v '^UHMM_' | sort -u > $(BUILD)/abi.syms
+	@sed -n 's/^[[:space:]]*\(uhmm_[a-z0-9_]*\);.*/\1/p' src/libuhmm.map | sort -u > $(BUILD)/abi.map
+	@diff -u $(BUILD)/abi.map $(BUILD)/abi.syms && echo "abi-check: ok"
+
+install: lib
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/uhmm
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	ln -sf libuhmm.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libuhmm.so.$(SOVERSION)
+	ln -sf libuhmm.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libuhmm.so
+	install -m 644 include/uhmm.h $(DESTDIR)$(INCDIR)/
+	install -m 644 include/uhmm/*.h $(DESTDIR)$(INCDIR)/uhmm/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
+		-e 's|@VERSION@|$(VERSION)|' uhmm.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/uhmm.pc
+	@if [ -x $(CLI) ]; then install -d $(DESTDIR)$(BINDIR); install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/; fi
+	@if ls man/*.[13] >/dev/null 2>&1; then for m in man/*.[13]; do s=$${m##*.}; \
+		install -d $(DESTDIR)$(MANDIR)/man$$s; install -m 644 $$m $(DESTDIR)$(MANDIR)/man$$s/; done; fi
+
+lint:
+	clang-format --dry-run --Werror src/*.c src/*.h include/uhmm/*.h
+	cppcheck --error-exitcode=1 --quiet --std=c11 -Iinclude src
+	shellcheck tests/*.sh .ci/run
+
+clean:
+	rm -rf build build-asan build-tsan

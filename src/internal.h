@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * internal.h - structs and prototypes shared between uhmm's source files.
+ * Nothing here is exported: every symbol is hidden (-fvisibility=hidden).
+ */
+#ifndef UHMM_INTERNAL_H
+#define UHMM_INTERNAL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uhmm/common.h>
+
+#define UHMM_HIDDEN __attribute__((visibility("hidden")))
+
+#ifndef container_of
+#define container_of(ptr, type, member)                                      \
+	((type *)((char *)(ptr) - offsetof(type, member)))
+#endif
+
+#define UHMM_ALIGN_DOWN(x, a) ((x) & ~((__typeof__(x))(a) - 1))
+#define UHMM_ALIGN_UP(x, a) UHMM_ALIGN_DOWN((x) + (a) - 1, (a))
+#define UHMM_IS_ALIGNED(x, a) (((x) & ((__typeof__(x))(a) - 1)) == 0)
+#define UHMM_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define UHMM_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define UHMM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* log.c */
+UHMM_HIDDEN void uhmm_log(enum uhmm_log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+UHMM_HIDDEN bool uhmm_warn_once(bool cond, bool *done, const char *file,
+				int line, const char *expr);
+
+/* Logs once per call site and evaluates to cond. Never replaces an argument check. */
+#define UHMM_WARN_ON(cond)                                                   \
+	({                                                                   \
+		static bool uhmm_warned_;                                    \
+		uhmm_warn_once(!!(cond), &uhmm_warned_, __FILE__, __LINE__,  \
+			       #cond);                                       \
+	})
+
+#ifdef UHMM_DEBUG
+#include <assert.h>
+#define uhmm_assert(x) assert(x)
+#else
+#define uhmm_assert(x) ((void)0)
+#endif
+
+/* Debug builds could check lock ownership; release builds compile it away. */
+#define uhmm_lockdep_assert_held(lock) ((void)(lock))
+
+#endif
