@@ -20,7 +20,7 @@ CPPFLAGS  += -Iinclude -D_GNU_SOURCE
 CFLAGS    += -std=gnu11 $(OPT) $(WARN) -pthread $(SAN)
 LIBCFLAGS := -fPIC -fvisibility=hidden
 LDFLAGS   += $(SAN)
-LIBS      := -pthread
+LIBS      := -pthread -lc -ljemalloc
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lm -lrt)
 JSON_CFLAGS := $(shell pkg-config --cflags json-c 2>/dev/null)
 JSON_LIBS   := $(shell pkg-config --libs json-c 2>/dev/null || echo -ljson-c)

@@ -1,0 +1,514 @@
+// SPDX-License-Identifier: MIT
+/* migrate.c - page migration between system and device memory, device
+ * eviction and device-exclusive access. API in include/uhmm/migrate.h. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <uhmm/migrate.h>
+#include "mm_internal.h"
+#include "pagemap_internal.h"
+
+/* State of one migration, pointed to by its MIGRATING entries. */
+struct mig_ctl {
+	struct uhmm_migrate *m;
+	uint8_t *stage;			/* system sources, moved out (managed) */
+	uint8_t *dstbuf;		/* system destinations */
+	struct uhmm_page **devpage;	/* device sources (entry's reference) */
+	bool write_ok;			/* vma writable */
+} __attribute__((aligned(8)));
+
+#define PG UHMM_PAGE_SIZE
+#define VA(m, i) ((m)->start + (i) * PG)
+
+static bool type_selected(const struct uhmm_migrate *m, const struct uhmm_page *pg)
+{
+	if (pg->pgmap->owner != m->pgmap_owner)
+		return false;
+	if (pg->pgmap->type == UHMM_PAGEMAP_PRIVATE)
+		return m->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE;
+	if (pg->pgmap->type == UHMM_PAGEMAP_COHERENT)
+		return m->flags & UHMM_MIGRATE_SELECT_DEVICE_COHERENT;
+	return false;
+}
+
+#define SELECT_ALL                                                           \
+	(UHMM_MIGRATE_SELECT_SYSTEM | UHMM_MIGRATE_SELECT_DEVICE_PRIVATE |   \
+	 UHMM_MIGRATE_SELECT_DEVICE_COHERENT)
+
+static void ctl_free(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t n)
+{
+	if (c->stage) {
+		uhmm_mm_unmanage(mm, c->stage, n * PG);
+		munmap(c->stage, n * PG);
+	}
+	free(c->dstbuf);
+	free(c->devpage);
+	free(c);
+}
+
+/*
+ * A page shared with a forked child cannot be moved (-EBUSY). Release it,
+ * break the sharing with a write fault (served by the kernel, the page is
+ * present), take it again and retry once. True if it moved.
+ */
+static bool retry_unshared(struct uhmm_mm *mm, struct mig_ctl *c,
+			   struct uhmm_migrate *m, uint64_t i, int rc)
+{
+	uint64_t a = VA(m, i), moved = 0;
+	struct mm_vma *v;
+	bool ok = false;
+
+	if (rc != -EBUSY)
+		return false;
+	mm_lock(mm);
+	v = uhmm_vma_find(mm, a);
+	if (v)
+		uhmm_ent_set(mm, v, a, 0);
+	mm_unlock(mm);
+	uhmm_uffd_wake(mm, a, PG);
+	if (madvise((void *)(uintptr_t)a, PG, MADV_POPULATE_WRITE))
+		return false;
+	mm_lock(mm);
+	v = uhmm_vma_find(mm, a);
+	if (v && !*uhmm_vma_ent(v, a, true)) {
+		uhmm_ent_set(mm, v, a, ENT_MAKE(c, ENT_MIGRATING, 0));
+		ok = uhmm_uffd_move(mm, (uint64_t)(uintptr_t)c->stage + i * PG, a, PG,
+				    &moved) == 0 && moved == PG;
+		if (!ok)
+			uhmm_ent_set(mm, v, a, 0);
+	}
+	mm_unlock(mm);
+	return ok;
+}
+
+int uhmm_migrate_setup(struct uhmm_migrate *m)
+{
+	struct uhmm_mm *mm;
+	struct mig_ctl *c;
+	struct mm_vma *v;
+	struct vma_info vi;
+	uint64_t n, nsys = 0, ndev = 0;
+	bool sys_ok;
+	int err;
+
+	if (!m || !m->mm || !m->src || !m->dst || m->start >= m->end ||
+	    !UHMM_IS_ALIGNED(m->start, PG) || !UHMM_IS_ALIGNED(m->end, PG) ||
+	    !m->flags || (m->flags & ~SELECT_ALL))
+		return -EINVAL;
+	mm = m->mm;
+	n = (m->end - m->start) / PG;
+	if (m->fault_page && (!m->fault_page->pgmap ||
+			      m->fault_page->pgmap->type != UHMM_PAGEMAP_PRIVATE))
+		return -EINVAL;
+	err = uhmm_vma_query(mm, m->start, &vi);
+	if (err || vi.start > m->start || vi.end < m->end)
+		return -EINVAL;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->m = m;
+	c->write_ok = vi.prot & PROT_WRITE;
+	c->devpage = calloc(n, sizeof(*c->devpage));
+	if (!c->devpage) {
+		free(c);
+		return -ENOMEM;
+	}
+	memset(m->src, 0, n * sizeof(*m->src));
+	memset(m->dst, 0, n * sizeof(*m->dst));
+	m->npages = n;
+	m->cpages = 0;
+	m->priv = c;
+	uhmm_mm_migration_begin(mm, m->flags & UHMM_MIGRATE_SELECT_SYSTEM);
+
+	mm_lock(mm);
+	v = uhmm_vma_find(mm, m->start);
+	if (!v || v->end < m->end || v->kind == VMA_INTERNAL) {
+		mm_unlock(mm);
+		uhmm_mm_migration_end(mm);
+		free(c->devpage);
+		free(c);
+		m->priv = NULL;
+		return -EINVAL;
+	}
+	/* UFFDIO_MOVE needs a writable private anonymous source. */
+	sys_ok = (m->flags & UHMM_MIGRATE_SELECT_SYSTEM) && v->kind == VMA_ANON &&
+		 c->write_ok && (mm->features & UHMM_FEAT_MOVE);
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t *pe = uhmm_vma_ent(v, VA(m, i), false);
+		uint64_t e = pe ? *pe : 0;
+
+		if (ENT_STATE(e) == ENT_DEVICE) {
+			struct uhmm_page *pg = ENT_PTR(e);
+
+			if (!type_selected(m, pg))
+				continue;
+			c->devpage[i] = pg;	/* the entry's reference moves here */
+			m->src[i] = (uhmm_page_to_pfn(pg) << UHMM_MIGRATE_PFN_SHIFT) |
+				    UHMM_MIGRATE_PFN_VALID | UHMM_MIGRATE_PFN_MIGRATE |
+				    UHMM_MIGRATE_PFN_DEVICE |
+				    (e & ENT_WRITE ? UHMM_MIGRATE_PFN_WRITE : 0);
+			uhmm_ent_set(mm, v, VA(m, i), ENT_MAKE(c, ENT_MIGRATING, 0));
+			ndev++;
+		} else if (!e && sys_ok) {
+			if (!uhmm_vma_ent(v, VA(m, i), true))
+				continue;
+			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
+			uhmm_ent_set(mm, v, VA(m, i), ENT_MAKE(c, ENT_MIGRATING, 0));
+			nsys++;
+		}
+	}
+	mm_unlock(mm);
+
+	if (nsys && uhmm_mm_alloc(mm, n * PG, 0, (void **)&c->stage))
+		c->stage = NULL;
+	if (ndev) {
+		c->dstbuf = aligned_alloc(PG, n * PG);
+		if (!c->dstbuf)
+			ndev = 0;
+	}
+	uhmm_invalidate_start(mm, UHMM_EVENT_MIGRATE, m->start, m->end,
+			      m->pgmap_owner, 0);
+	/* Take the system pages away from the CPU, run by run. */
+	for (uint64_t i = 0; i < n;) {
+		uint64_t j = i, moved = 0;
+		int rc = 0;
+
+		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) ||
+		    (m->src[i] & UHMM_MIGRATE_PFN_DEVICE)) {
+			i++;
+			continue;
+		}
+		while (j < n && (m->src[j] & UHMM_MIGRATE_PFN_MIGRATE) &&
+		       !(m->src[j] & UHMM_MIGRATE_PFN_DEVICE))
+			j++;
+		if (c->stage)
+			rc = uhmm_uffd_move(mm, (uint64_t)(uintptr_t)c->stage + i * PG,
+					    VA(m, i), (j - i) * PG, &moved);
+		else
+			rc = -ENOMEM;
+		if (rc) {
+			uint64_t bad = i + moved / PG;
+
+			if (!retry_unshared(mm, c, m, bad, rc)) {
+				/* cannot move (pinned, shared): it stays in RAM */
+				mm_lock(mm);
+				v = uhmm_vma_find(mm, VA(m, bad));
+				if (v)
+					uhmm_ent_set(mm, v, VA(m, bad), 0);
+				mm_unlock(mm);
+				m->src[bad] = 0;
+				uhmm_uffd_wake(mm, VA(m, bad), PG);
+			}
+			i = bad + 1;
+			continue;
+		}
+		i = j;
+	}
+	uhmm_invalidate_end(mm);
+	if (c->stage) {
+		unsigned char *vec = malloc(n);
+
+		if (vec && mincore(c->stage, n * PG, vec) == 0)
+			for (uint64_t i = 0; i < n; i++)
+				if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
+				    !(m->src[i] & UHMM_MIGRATE_PFN_DEVICE) && (vec[i] & 1))
+					m->src[i] |= UHMM_MIGRATE_PFN_VALID;
+		free(vec);
+	}
+	for (uint64_t i = 0; i < n; i++) {
+		if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) && c->write_ok &&
+		    !(m->src[i] & UHMM_MIGRATE_PFN_DEVICE))
+			m->src[i] |= UHMM_MIGRATE_PFN_WRITE;
+		if ((m->src[i] & UHMM_MIGRATE_PFN_DEVICE) && !c->dstbuf)
+			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+		m->cpages += !!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	}
+	return 0;
+}
+
+void *uhmm_migrate_src_buf(const struct uhmm_migrate *m, uint64_t i)
+{
+	const struct mig_ctl *c = m ? m->priv : NULL;
+
+	if (!c || i >= m->npages || !c->stage ||
+	    (m->src[i] & (UHMM_MIGRATE_PFN_VALID | UHMM_MIGRATE_PFN_DEVICE)) !=
+		    UHMM_MIGRATE_PFN_VALID)
+		return NULL;
+	return c->stage + i * PG;
+}
+
+void *uhmm_migrate_dst_buf(const struct uhmm_migrate *m, uint64_t i)
+{
+	const struct mig_ctl *c = m ? m->priv : NULL;
+
+	if (!c || i >= m->npages || !c->dstbuf)
+		return NULL;
+	return c->dstbuf + i * PG;
+}
+
+int uhmm_migrate_pages(struct uhmm_migrate *m)
+{
+	int ret = 0;
+
+	if (!m || !m->priv)
+		return -EINVAL;
+	for (uint64_t i = 0; i < m->npages; i++) {
+		uint64_t d = m->dst[i];
+
+		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		if (!(d & UHMM_MIGRATE_PFN_VALID)) {
+			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+			continue;
+		}
+		if ((d & UHMM_MIGRATE_PFN_DEVICE) &&
+		    (!uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(d)) ||
+		     (m->src[i] & UHMM_MIGRATE_PFN_DEVICE))) {
+			/* unknown page, or device to device (not supported) */
+			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+			ret = -EINVAL;
+		}
+		if (!(d & UHMM_MIGRATE_PFN_DEVICE) &&
+		    !(m->src[i] & UHMM_MIGRATE_PFN_DEVICE))
+			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;	/* system to system */
+	}
+	return ret;
+}
+
+int uhmm_migrate_finalize(struct uhmm_migrate *m)
+{
+	struct mig_ctl *c;
+	struct uhmm_mm *mm;
+	struct uhmm_page **put;
+	uint64_t nput = 0;
+	int done = 0;
+
+	if (!m || !(c = m->priv))
+		return -EINVAL;
+	mm = m->mm;
+	put = calloc(m->npages * 2, sizeof(*put));
+	mm_lock(mm);
+	for (uint64_t i = 0; i < m->npages; i++) {
+		uint64_t s = m->src[i], d = m->dst[i], *pe, e;
+		bool migrate = s & UHMM_MIGRATE_PFN_MIGRATE;
+		struct uhmm_page *dpg = NULL;
+		struct mm_vma *v;
+
+		v = uhmm_vma_find(mm, VA(m, i));
+		pe = v ? uhmm_vma_ent(v, VA(m, i), false) : NULL;
+		e = pe ? *pe : 0;
+		if (!(ENT_STATE(e) == ENT_MIGRATING && ENT_PTR(e) == c)) {
+			/* not ours, or unmapped/dropped meanwhile: data is gone */
+			if (migrate && (d & UHMM_MIGRATE_PFN_DEVICE))
+				dpg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(d));
+			if (dpg && put)
+				put[nput++] = dpg;
+			if (c->devpage[i] && put)
+				put[nput++] = c->devpage[i];
+			continue;
+		}
+		if (c->devpage[i]) {	/* device -> system */
+			if (migrate && uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG,
+						      PG, false) == 0) {
+				uhmm_ent_set(mm, v, VA(m, i), 0);
+				if (put)
+					put[nput++] = c->devpage[i];
+				done++;
+			} else {
+				uhmm_ent_set(mm, v, VA(m, i),
+					     ENT_MAKE(c->devpage[i], ENT_DEVICE,
+						      s & UHMM_MIGRATE_PFN_WRITE));
+			}
+			continue;
+		}
+		if (migrate) {		/* system -> device: the entry owns dst */
+			dpg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(d));
+			uhmm_ent_set(mm, v, VA(m, i),
+				     ENT_MAKE(dpg, ENT_DEVICE, s & UHMM_MIGRATE_PFN_WRITE));
+			done++;
+			continue;
+		}
+		/* system page that stays: give it back to the process */
+		if ((s & UHMM_MIGRATE_PFN_VALID) && c->stage) {
+			uint64_t moved;
+
+			if (uhmm_uffd_move(mm, VA(m, i), (uint64_t)(uintptr_t)c->stage + i * PG,
+					   PG, &moved))
+				uhmm_uffd_copy(mm, VA(m, i), c->stage + i * PG, PG, false);
+		}
+		uhmm_ent_set(mm, v, VA(m, i), 0);
+	}
+	mm_unlock(mm);
+	uhmm_uffd_wake(mm, m->start, m->end - m->start);
+	for (uint64_t i = 0; i < nput; i++)
+		uhmm_page_put(put[i]);
+	free(put);
+	ctl_free(mm, c, m->npages);
+	m->priv = NULL;
+	uhmm_mm_migration_end(mm);
+	return done;
+}
+
+/* ---------------------------------------------------------------------- */
+/* eviction                                                                 */
+
+static int evict(struct uhmm_pagemap *pgmap, uint64_t first, uint64_t last)
+{
+	int count = 0;
+
+	pthread_mutex_lock(&uhmm_mm_list_lock);
+	for (struct uhmm_mm *mm = uhmm_mm_list; mm; mm = mm->next_open) {
+		for (;;) {
+			uint64_t addr = 0;
+
+			mm_lock(mm);
+			for (size_t i = 0; i < mm->nr_vmas && !addr; i++) {
+				struct mm_vma *v = &mm->vmas[i];
+
+				for (uint64_t k = 0; v->nents && k < (v->end - v->start) / PG; k++) {
+					uint64_t e = v->ents[k];
+					struct uhmm_page *pg = ENT_PTR(e);
+					uint64_t pfn;
+
+					if (ENT_STATE(e) != ENT_DEVICE || pg->pgmap != pgmap)
+						continue;
+					pfn = uhmm_page_to_pfn(pg);
+					if (pfn >= first && pfn < last) {
+						addr = v->start + k * PG;
+						break;
+					}
+				}
+			}
+			mm_unlock(mm);
+			if (!addr || uhmm_device_fault(mm, addr, false, 0))
+				break;
+			count++;
+		}
+	}
+	pthread_mutex_unlock(&uhmm_mm_list_lock);
+	return count;
+}
+
+int uhmm_pagemap_evict(struct uhmm_pagemap *pgmap)
+{
+	return evict(pgmap, 0, UINT64_MAX);
+}
+
+int uhmm_migrate_device_range(struct uhmm_pagemap *pgmap, uint64_t pfn,
+			      uint64_t npages)
+{
+	if (!pgmap || !pgmap->priv || !npages || pfn + npages < pfn)
+		return -EINVAL;
+	return evict(pgmap, pfn, pfn + npages);
+}
+
+__attribute__((constructor)) static void migrate_init(void)
+{
+	uhmm_pagemap_set_evict_hook(uhmm_pagemap_evict);
+}
+
+/* ---------------------------------------------------------------------- */
+/* exclusive access                                                         */
+
+void uhmm_excl_free(struct uhmm_excl *x);
+
+/* x->buf is a one-page managed mapping of its own, x->mm its mm. */
+void uhmm_excl_free(struct uhmm_excl *x)
+{
+	if (!x)
+		return;
+	uhmm_mm_unmanage(x->mm, x->buf, PG);
+	munmap(x->buf, PG);
+	free(x);
+}
+
+int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t start,
+			       uint64_t npages, void *owner, void **pages)
+{
+	uint64_t end = start + npages * PG;
+	struct vma_info vi;
+	int err = 0;
+
+	if (!mm || !pages || !npages || !UHMM_IS_ALIGNED(start, PG) || end < start)
+		return -EINVAL;
+	err = uhmm_vma_query(mm, start, &vi);
+	if (err || vi.start > start || vi.end < end)
+		return -EFAULT;
+	if (!(vi.prot & PROT_WRITE) || !(mm->features & UHMM_FEAT_MOVE))
+		return -EFAULT;
+	/* Fault in writable first (the handler serves holes). */
+	if (madvise((void *)(uintptr_t)start, end - start, MADV_POPULATE_WRITE))
+		return -EFAULT;
+	uhmm_invalidate_start(mm, UHMM_EVENT_EXCLUSIVE, start, end, owner, 0);
+	for (uint64_t i = 0; i < npages && !err; i++) {
+		uint64_t a = start + i * PG, moved = 0, *pe;
+		struct uhmm_excl *x = calloc(1, sizeof(*x));
+		struct mm_vma *v;
+
+		if (!x || uhmm_mm_alloc(mm, PG, 0, &x->buf)) {
+			free(x);
+			err = -ENOMEM;
+			break;
+		}
+		x->mm = mm;
+		x->owner = owner;
+		mm_lock(mm);
+		v = uhmm_vma_find(mm, a);
+		pe = v && v->kind == VMA_ANON ? uhmm_vma_ent(v, a, true) : NULL;
+		if (!pe || *pe) {
+			mm_unlock(mm);
+			uhmm_excl_free(x);
+			err = !pe ? -EINVAL : -EBUSY;
+			break;
+		}
+		/* Atomically take the page: later CPU accesses fault to us. */
+		err = uhmm_uffd_move(mm, (uint64_t)(uintptr_t)x->buf, a, PG, &moved);
+		if (!err && moved == PG)
+			uhmm_ent_set(mm, v, a, ENT_MAKE(x, ENT_EXCLUSIVE, 1));
+		mm_unlock(mm);
+		if (err || moved != PG) {
+			uhmm_excl_free(x);
+			err = err ? -EBUSY : -EFAULT;
+			break;
+		}
+		pages[i] = x->buf;
+	}
+	uhmm_invalidate_end(mm);
+	return err;
+}
+
+int uhmm_excl_restore(struct uhmm_mm *mm, uint64_t addr)
+{
+	struct uhmm_excl *x;
+	struct mm_vma *v;
+	uint64_t *pe;
+	int rc;
+
+	mm_lock(mm);
+	v = uhmm_vma_find(mm, addr);
+	pe = v ? uhmm_vma_ent(v, addr, false) : NULL;
+	if (!pe || ENT_STATE(*pe) != ENT_EXCLUSIVE) {
+		mm_unlock(mm);
+		return 0;
+	}
+	x = ENT_PTR(*pe);
+	/* park other CPU threads until the page is back */
+	*pe = ENT_MAKE(x, ENT_MIGRATING, 0);
+	mm_unlock(mm);
+	uhmm_invalidate(mm, UHMM_EVENT_CLEAR, addr, addr + PG, NULL, 0);
+	mm_lock(mm);
+	{
+		uint64_t moved = 0;
+
+		rc = uhmm_uffd_move(mm, addr, (uint64_t)(uintptr_t)x->buf, PG, &moved);
+		if (rc || moved != PG)
+			rc = uhmm_uffd_copy(mm, addr, x->buf, PG, false);
+	}
+	v = uhmm_vma_find(mm, addr);
+	if (v)
+		uhmm_ent_set(mm, v, addr, 0);
+	mm_unlock(mm);
+	uhmm_uffd_wake(mm, addr, PG);
+	uhmm_excl_free(x);
+	return rc == -EEXIST ? 0 : rc;
+}

@@ -1,0 +1,204 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * mm_internal.h - the uhmm_mm object shared by mm.c (ranges, CPU entries,
+ * wrappers, fork), uffd.c (the handler threads), mirror.c (notifiers,
+ * range_fault) and migrate.c.
+ *
+ * Lock order: fork_lock (counter+cond) -> mm->lock -> notifier lock.
+ * mm->lock may be held across UFFDIO_* ioctls (they never wait for the
+ * handler: they fail -EAGAIN instead) but never across munmap, mremap,
+ * madvise, fork, or any driver callback.
+ */
+#ifndef UHMM_MM_INTERNAL_H
+#define UHMM_MM_INTERNAL_H
+
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <uhmm/mm.h>
+#include <uhmm/mirror.h>
+#include <uhmm/pagemap.h>
+#include "internal.h"
+
+/*
+ * CPU entry of one managed page that is not ordinary RAM: a pointer with
+ * the state in the low bits. 0 = ordinary (present or not yet touched).
+ */
+#define ENT_STATE_MASK 3ULL
+#define ENT_DEVICE 1ULL		/* ptr: struct uhmm_page (one reference) */
+#define ENT_MIGRATING 2ULL	/* ptr: device page or NULL; isolated */
+#define ENT_EXCLUSIVE 3ULL	/* ptr: struct uhmm_excl */
+#define ENT_WRITE 4ULL		/* device mapping writable */
+#define ENT_PTR(e) ((void *)(uintptr_t)((e) & ~7ULL))
+#define ENT_STATE(e) ((e) & ENT_STATE_MASK)
+#define ENT_MAKE(p, st, w) ((uint64_t)(uintptr_t)(p) | (st) | ((w) ? ENT_WRITE : 0))
+
+enum vma_kind { VMA_ANON = 0, VMA_SHMEM = 1, VMA_HUGETLB = 2, VMA_INTERNAL = 3 };
+
+/* One managed range, as registered with the userfaultfd. */
+struct mm_vma {
+	uint64_t start, end;
+	enum vma_kind kind;
+	unsigned int page_shift;	/* 12, 21 or 30 */
+	bool allocated;			/* from uhmm_mm_alloc */
+	uint64_t *ents;			/* per 4 KiB page, NULL until needed */
+	uint64_t nents;			/* non-zero entries */
+};
+
+/* An event the caller has already announced (wrappers, own DONTNEED/munmap). */
+struct mm_suppress {
+	uint8_t event;			/* UFFD_EVENT_* */
+	uint64_t start, end;
+};
+
+/* Exclusive access: the page's data parked in @buf while a device owns it. */
+struct uhmm_excl {
+	void *buf;			/* one page of its own managed mapping */
+	void *owner;
+	struct uhmm_mm *mm;
+} __attribute__((aligned(8)));
+
+#define MM_MAX_SUPPRESS 32
+#define MM_BACKLOG 256
+
+struct uhmm_notif_state;
+
+struct uhmm_mm {
+	pthread_mutex_t lock;		/* vmas, ents, suppress, backlog */
+	int uffd;
+	int wake_fd;			/* eventfd: stop the handlers */
+	int pagemap_fd;			/* /proc/self/pagemap */
+	int maps_fd;			/* /proc/self/maps (PROCMAP_QUERY) */
+	unsigned int features;		/* UHMM_FEAT_* */
+	uint64_t uffd_features;
+	unsigned int spin_usec;
+	unsigned int fault_around;	/* pages */
+	unsigned int nr_handlers;
+	pthread_t *handlers;
+	atomic_bool stop;
+
+	struct mm_vma *vmas;		/* sorted by start */
+	size_t nr_vmas, cap_vmas;
+	uint64_t nr_ents;		/* over all vmas */
+
+	struct mm_suppress suppress[MM_MAX_SUPPRESS];
+	unsigned int nr_suppress;
+
+	/* messages drained by a handler while it waited inside a callback */
+	pthread_mutex_t backlog_lock;	/* backlog only; leaf lock */
+	struct uffd_msg backlog[MM_BACKLOG];
+	unsigned int nr_backlog;
+
+	/* batch barrier: wrappers wait until events they caused are handled */
+	pthread_cond_t batch_cond;	/* under backlog_lock */
+	uint64_t batch_start, batch_done;
+
+	/* migrations in flight vs fork (see mm.c) */
+	pthread_cond_t fork_cond;	/* under lock */
+	unsigned int migrations;
+	bool forking;
+
+	struct uhmm_notif_state *notif;
+
+	_Atomic uint64_t st_faults, st_fills, st_filled_pages, st_device_faults,
+		st_events, st_invalidations;
+
+	struct uhmm_mm *next_open;	/* global list of open mms */
+	void *zero_huge;		/* zeroed source for hugetlb fills */
+	size_t zero_huge_len;
+};
+
+/* mm.c */
+UHMM_HIDDEN struct mm_vma *uhmm_vma_find(struct uhmm_mm *mm, uint64_t addr);
+UHMM_HIDDEN uint64_t *uhmm_vma_ent(struct mm_vma *v, uint64_t addr, bool alloc);
+UHMM_HIDDEN void uhmm_ent_set(struct uhmm_mm *mm, struct mm_vma *v,
+			      uint64_t addr, uint64_t val);
+UHMM_HIDDEN int uhmm_mm_bring_back(struct uhmm_mm *mm, uint64_t start,
+				   uint64_t end);
+UHMM_HIDDEN int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr,
+				  bool write, int tid);
+UHMM_HIDDEN int uhmm_excl_restore(struct uhmm_mm *mm, uint64_t addr);
+UHMM_HIDDEN void uhmm_mm_suppress_add(struct uhmm_mm *mm, uint8_t event,
+				      uint64_t start, uint64_t end);
+UHMM_HIDDEN bool uhmm_mm_suppressed(struct uhmm_mm *mm, uint8_t event,
+				    uint64_t start, uint64_t end);
+UHMM_HIDDEN void uhmm_mm_apply_unmap(struct uhmm_mm *mm, uint64_t start,
+				     uint64_t end, bool clear_only);
+UHMM_HIDDEN void uhmm_mm_apply_remap(struct uhmm_mm *mm, uint64_t from,
+				     uint64_t to, uint64_t len);
+UHMM_HIDDEN void uhmm_mm_migration_begin(struct uhmm_mm *mm, bool to_device);
+/* kernel view of the mapping at addr (PROCMAP_QUERY, else /proc/self/maps) */
+struct vma_info {
+	uint64_t start, end;
+	unsigned int prot;		/* PROT_READ | PROT_WRITE | PROT_EXEC */
+	bool shared, file;
+	uint64_t page_size;
+};
+/* First mapping that covers or follows addr: 0, or -ENOENT (none). */
+UHMM_HIDDEN int uhmm_vma_query(struct uhmm_mm *mm, uint64_t addr,
+			       struct vma_info *out);
+UHMM_HIDDEN void uhmm_mm_migration_end(struct uhmm_mm *mm);
+
+/* uffd.c */
+UHMM_HIDDEN int uhmm_uffd_open(struct uhmm_mm *mm);
+UHMM_HIDDEN int uhmm_uffd_register(struct uhmm_mm *mm, uint64_t start,
+				   uint64_t len, bool wp);
+UHMM_HIDDEN int uhmm_uffd_unregister(struct uhmm_mm *mm, uint64_t start,
+				     uint64_t len);
+UHMM_HIDDEN int uhmm_uffd_start(struct uhmm_mm *mm);
+UHMM_HIDDEN void uhmm_uffd_stop(struct uhmm_mm *mm);
+UHMM_HIDDEN bool uhmm_uffd_is_handler(void);
+UHMM_HIDDEN void uhmm_uffd_drain(struct uhmm_mm *mm);
+UHMM_HIDDEN void uhmm_uffd_retry_wait(struct uhmm_mm *mm, int *tries);
+UHMM_HIDDEN int uhmm_uffd_copy(struct uhmm_mm *mm, uint64_t dst,
+			       const void *src, uint64_t len, bool wake);
+UHMM_HIDDEN int uhmm_uffd_move(struct uhmm_mm *mm, uint64_t dst, uint64_t src,
+			       uint64_t len, uint64_t *moved);
+UHMM_HIDDEN int uhmm_uffd_wake(struct uhmm_mm *mm, uint64_t start, uint64_t len);
+UHMM_HIDDEN int uhmm_uffd_fill(struct uhmm_mm *mm, uint64_t start,
+			       uint64_t len, bool write, uint64_t *done);
+UHMM_HIDDEN void uhmm_mm_batch_barrier(struct uhmm_mm *mm);
+
+/* mirror.c */
+UHMM_HIDDEN int uhmm_notif_init(struct uhmm_mm *mm);
+UHMM_HIDDEN void uhmm_notif_fini(struct uhmm_mm *mm);
+/* Bracket a change: callbacks run in _start, the sequence stays odd (and
+ * read_begin waits) until the matching _end. */
+UHMM_HIDDEN void uhmm_invalidate_start(struct uhmm_mm *mm, enum uhmm_event ev,
+				       uint64_t start, uint64_t end, void *owner,
+				       uint64_t new_start);
+UHMM_HIDDEN void uhmm_invalidate_end(struct uhmm_mm *mm);
+UHMM_HIDDEN void uhmm_invalidate(struct uhmm_mm *mm, enum uhmm_event ev,
+				 uint64_t start, uint64_t end, void *owner,
+				 uint64_t new_start);
+
+/* migrate.c */
+UHMM_HIDDEN int uhmm_pagemap_evict(struct uhmm_pagemap *pgmap);
+
+/* global list of open mms (mm.c); lock guards next_open */
+UHMM_HIDDEN extern pthread_mutex_t uhmm_mm_list_lock;
+UHMM_HIDDEN extern struct uhmm_mm *uhmm_mm_list;
+
+#endif
+
+/*
+ * Take mm->lock. A handler thread never sleeps on it: an application thread
+ * holding it may be waiting for the handler to read an event (UFFDIO_*
+ * -EAGAIN while munmap is in flight), so the handler keeps draining the fd.
+ */
+static inline void mm_lock(struct uhmm_mm *mm)
+{
+	int tries = 0;
+
+	if (!uhmm_uffd_is_handler()) {
+		pthread_mutex_lock(&mm->lock);
+		return;
+	}
+	while (pthread_mutex_trylock(&mm->lock))
+		uhmm_uffd_retry_wait(mm, &tries);
+}
+
+static inline void mm_unlock(struct uhmm_mm *mm)
+{
+	pthread_mutex_unlock(&mm->lock);
+}

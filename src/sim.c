@@ -1,0 +1,665 @@
+// SPDX-License-Identifier: MIT
+/* sim.c - the simulated device, uhmm's reference driver: a memory pool as a
+ * pagemap, a device page table kept coherent by an interval notifier, and
+ * dmirror-like commands. API in include/uhmm/sim.h. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#include <uhmm/migrate.h>
+#include <uhmm/sim.h>
+#include "mm_internal.h"
+
+#define PG UHMM_PAGE_SIZE
+#define PIECE 64		/* pages per range_fault / migration piece */
+#define BUSY_BUDGET_NS 1000000000ULL
+
+/* device page table entry kinds */
+enum { PT_SYS = 1, PT_DEV = 2, PT_ATOMIC = 3 };
+
+struct pt_ent {
+	uint64_t vpn;
+	uint8_t kind;
+	bool write;
+	void *data;			/* PT_DEV: uhmm_page; PT_ATOMIC: buffer */
+	struct pt_ent *next;
+};
+
+#define PT_BUCKETS 4096
+
+struct uhmm_sim {
+	struct uhmm_pagemap pgmap;
+	struct uhmm_dev_range range;
+	struct uhmm_interval_notifier notifier;
+	struct uhmm_mm *mm;
+	pthread_mutex_t lock;		/* page table and counters */
+	struct pt_ent *pt[PT_BUCKETS];
+	uint64_t pt_count;
+	void *pool;
+	uint64_t capacity;
+	bool evict;
+	struct uhmm_sim_counters cnt;
+	_Atomic uint64_t dev_pages;
+};
+
+static unsigned int pt_hash(uint64_t vpn)
+{
+	return (unsigned int)((vpn * 0x9E3779B97F4A7C15ULL) >> 52) % PT_BUCKETS;
+}
+
+static struct pt_ent *pt_find(struct uhmm_sim *s, uint64_t vpn)
+{
+	for (struct pt_ent *e = s->pt[pt_hash(vpn)]; e; e = e->next)
+		if (e->vpn == vpn)
+			return e;
+	return NULL;
+}
+
+static void pt_set(struct uhmm_sim *s, uint64_t vpn, uint8_t kind, bool write,
+		   void *data)
+{
+	struct pt_ent *e = pt_find(s, vpn);
+
+	if (!e) {
+		e = malloc(sizeof(*e));
+		if (!e)
+			return;		/* a missing entry only costs a fault */
+		e->vpn = vpn;
+		e->next = s->pt[pt_hash(vpn)];
+		s->pt[pt_hash(vpn)] = e;
+		s->pt_count++;
+	}
+	e->kind = kind;
+	e->write = write;
+	e->data = data;
+}
+
+static void pt_erase(struct uhmm_sim *s, uint64_t start, uint64_t end)
+{
+	uint64_t a = start >> UHMM_PAGE_SHIFT, b = end >> UHMM_PAGE_SHIFT;
+
+	if (b - a < PT_BUCKETS) {
+		for (uint64_t v = a; v < b; v++)
+			for (struct pt_ent **pp = &s->pt[pt_hash(v)]; *pp; pp = &(*pp)->next)
+				if ((*pp)->vpn == v) {
+					struct pt_ent *e = *pp;
+
+					*pp = e->next;
+					free(e);
+					s->pt_count--;
+					break;
+				}
+		return;
+	}
+	for (unsigned int h = 0; h < PT_BUCKETS; h++)
+		for (struct pt_ent **pp = &s->pt[h]; *pp;) {
+			if ((*pp)->vpn >= a && (*pp)->vpn < b) {
+				struct pt_ent *e = *pp;
+
+				*pp = e->next;
+				free(e);
+				s->pt_count--;
+			} else {
+				pp = &(*pp)->next;
+			}
+		}
+}
+
+static bool sim_invalidate(struct uhmm_interval_notifier *sub,
+			   const struct uhmm_notifier_range *r, unsigned long cur_seq)
+{
+	struct uhmm_sim *s = container_of(sub, struct uhmm_sim, notifier);
+
+	/* our own migrations and exclusive grabs update the table themselves */
+	if ((r->event == UHMM_EVENT_MIGRATE || r->event == UHMM_EVENT_EXCLUSIVE) &&
+	    r->owner == s)
+		return true;
+	pthread_mutex_lock(&s->lock);
+	uhmm_interval_set_seq(sub, cur_seq);
+	pt_erase(s, r->start, r->end);
+	pthread_mutex_unlock(&s->lock);
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops sim_notifier_ops = {
+	.invalidate = sim_invalidate,
+};
+
+static void sim_page_free(struct uhmm_page *page)
+{
+	struct uhmm_sim *s = container_of(page->pgmap, struct uhmm_sim, pgmap);
+
+	atomic_fetch_sub(&s->dev_pages, 1);
+}
+
+/* Device -> system for the pages of [start, end) owned by this sim. */
+static int sim_to_sys(struct uhmm_sim *s, uint64_t start, uint64_t end,
+		      struct uhmm_page *fault_page)
+{
+	uint64_t n = (end - start) / PG, src[PIECE], dst[PIECE];
+	struct uhmm_migrate m = {
+		.mm = s->mm, .start = start, .end = end, .src = src, .dst = dst,
+		.flags = s->pgmap.type == UHMM_PAGEMAP_PRIVATE
+				 ? UHMM_MIGRATE_SELECT_DEVICE_PRIVATE
+				 : UHMM_MIGRATE_SELECT_DEVICE_COHERENT,
+		.pgmap_owner = s, .fault_page = fault_page,
+	};
+	int err;
+
+	if (n > PIECE)
+		return -EINVAL;
+	err = uhmm_migrate_setup(&m);
+	if (err)
+		return err;
+	pthread_mutex_lock(&s->lock);
+	for (uint64_t i = 0; i < n; i++) {
+		void *to = uhmm_migrate_dst_buf(&m, i);
+		struct uhmm_page *pg;
+
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !to)
+			continue;
+		pg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(src[i]));
+		memcpy(to, uhmm_page_to_virt(pg), PG);
+		dst[i] = UHMM_MIGRATE_PFN_SYSTEM;
+		pt_erase(s, start + i * PG, start + (i + 1) * PG);
+	}
+	pthread_mutex_unlock(&s->lock);
+	uhmm_migrate_pages(&m);
+	return uhmm_migrate_finalize(&m);
+}
+
+static int sim_migrate_to_ram(struct uhmm_fault *f)
+{
+	struct uhmm_sim *s = container_of(f->page->pgmap, struct uhmm_sim, pgmap);
+	int rc;
+
+	pthread_mutex_lock(&s->lock);
+	s->cnt.cpu_faults++;
+	pthread_mutex_unlock(&s->lock);
+	rc = sim_to_sys(s, f->addr, f->addr + PG, f->page);
+	return rc < 0 ? rc : 0;
+}
+
+static const struct uhmm_pagemap_ops sim_pagemap_ops = {
+	.page_free = sim_page_free,
+	.migrate_to_ram = sim_migrate_to_ram,
+};
+
+int uhmm_sim_create(struct uhmm_mm *mm, const struct uhmm_sim_opts *opts,
+		    struct uhmm_sim **out)
+{
+	enum uhmm_sim_mem_type type = UHMM_SIM_PRIVATE;
+	uint64_t cap = 65536, start;
+	struct uhmm_sim *s;
+	int err;
+
+	if (!mm || !out)
+		return -EINVAL;
+	*out = NULL;
+	if (opts) {
+		if (opts->sz < sizeof(size_t) || opts->sz > sizeof(*opts))
+			return -EINVAL;
+		if (opts->mem_type)
+			type = opts->mem_type;
+		if (type != UHMM_SIM_PRIVATE && type != UHMM_SIM_COHERENT)
+			return -EINVAL;
+		if (opts->capacity_pages)
+			cap = opts->capacity_pages;
+		if (cap > (1ULL << 26))
+			return -EINVAL;
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	pthread_mutex_init(&s->lock, NULL);
+	s->mm = mm;
+	s->capacity = cap;
+	s->evict = opts && opts->evict_when_full;
+	s->pool = mmap(NULL, cap * PG, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (s->pool == MAP_FAILED) {
+		err = -ENOMEM;
+		goto err_free;
+	}
+	err = uhmm_request_free_region(NULL, cap * PG, 0, &start);
+	if (err)
+		goto err_pool;
+	s->range = (struct uhmm_dev_range){ start, start + cap * PG };
+	s->pgmap = (struct uhmm_pagemap){
+		.type = type == UHMM_SIM_PRIVATE ? UHMM_PAGEMAP_PRIVATE
+						 : UHMM_PAGEMAP_COHERENT,
+		.ops = &sim_pagemap_ops,
+		.owner = s,
+		.nr_range = 1,
+		.ranges = &s->range,
+		.base = s->pool,
+	};
+	err = uhmm_memremap_pages(&s->pgmap);
+	if (err)
+		goto err_region;
+	err = uhmm_interval_notifier_insert(&s->notifier, mm, 0,
+					    (1ULL << 57) - PG, &sim_notifier_ops);
+	if (err)
+		goto err_pgmap;
+	*out = s;
+	return 0;
+
+err_pgmap:
+	uhmm_memunmap_pages(&s->pgmap);
+err_region:
+	uhmm_release_region(NULL, start);
+err_pool:
+	munmap(s->pool, cap * PG);
+err_free:
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+	return err;
+}
+
+void uhmm_sim_destroy(struct uhmm_sim *s)
+{
+	if (!s)
+		return;
+	/* memunmap brings every device page back through migrate_to_ram */
+	uhmm_memunmap_pages(&s->pgmap);
+	uhmm_interval_notifier_remove(&s->notifier);
+	pt_erase(s, 0, UINT64_MAX & ~(PG - 1));
+	uhmm_release_region(NULL, s->range.start);
+	munmap(s->pool, s->capacity * PG);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+static bool args_ok(struct uhmm_sim *s, uint64_t addr, uint64_t npages, const void *p)
+{
+	return s && p && npages && UHMM_IS_ALIGNED(addr, PG) && addr &&
+	       npages < (1ULL << 36) && addr + npages * PG > addr;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* Fill the device page table for [a, b) (read_begin/range_fault/retry). */
+static int sim_fault(struct uhmm_sim *s, uint64_t a, uint64_t b, bool write)
+{
+	uint64_t pfns[PIECE], t0 = now_ns();
+	struct uhmm_range r = {
+		.notifier = &s->notifier, .start = a, .end = b, .hmm_pfns = pfns,
+		.default_flags = UHMM_PFN_REQ_FAULT | (write ? UHMM_PFN_REQ_WRITE : 0),
+		.dev_private_owner = s,
+	};
+	int err;
+
+	for (;;) {
+		if (now_ns() - t0 > BUSY_BUDGET_NS)
+			return -EBUSY;
+		r.notifier_seq = uhmm_interval_read_begin(&s->notifier);
+		err = uhmm_range_fault(&r);
+		if (err == -EBUSY)
+			continue;
+		if (err)
+			return err;
+		pthread_mutex_lock(&s->lock);
+		if (uhmm_interval_read_retry(&s->notifier, r.notifier_seq)) {
+			pthread_mutex_unlock(&s->lock);
+			continue;
+		}
+		for (uint64_t i = 0; i < (b - a) / PG; i++) {
+			uint64_t e = pfns[i];
+			bool w = e & UHMM_PFN_WRITE;
+
+			if (e & UHMM_PFN_DEVICE)
+				pt_set(s, (a >> UHMM_PAGE_SHIFT) + i, PT_DEV, w,
+				       uhmm_pfn_to_page(uhmm_pfn_frame(e)));
+			else if (e & UHMM_PFN_VALID)
+				pt_set(s, (a >> UHMM_PAGE_SHIFT) + i, PT_SYS, w, NULL);
+		}
+		s->cnt.faults++;
+		pthread_mutex_unlock(&s->lock);
+		return 0;
+	}
+}
+
+/* One piece of a read or write: fault what the table lacks, then copy. */
+static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
+		      bool write)
+{
+	uint64_t t0 = now_ns();
+
+	for (;;) {
+		unsigned long seq;
+		uint64_t missing = UINT64_MAX;
+		struct iovec local, remote;
+		int err;
+
+		if (now_ns() - t0 > BUSY_BUDGET_NS)
+			return -EBUSY;
+		seq = uhmm_interval_read_begin(&s->notifier);
+		pthread_mutex_lock(&s->lock);
+		for (uint64_t i = 0; i < n; i++) {
+			struct pt_ent *e = pt_find(s, (a >> UHMM_PAGE_SHIFT) + i);
+
+			if (!e || (write && !e->write && e->kind != PT_ATOMIC)) {
+				missing = i;
+				break;
+			}
+		}
+		pthread_mutex_unlock(&s->lock);
+		if (missing != UINT64_MAX) {
+			err = sim_fault(s, a + missing * PG, a + n * PG, write);
+			if (err)
+				return err;
+			continue;
+		}
+		/* System pages: through the process's memory, outside our lock
+		 * (a fault there may need the handler, which may need our lock). */
+		for (uint64_t i = 0; i < n; i++) {
+			struct pt_ent *e;
+			uint8_t kind;
+			ssize_t r;
+
+			pthread_mutex_lock(&s->lock);
+			e = pt_find(s, (a >> UHMM_PAGE_SHIFT) + i);
+			kind = e ? e->kind : 0;
+			pthread_mutex_unlock(&s->lock);
+			if (kind != PT_SYS)
+				continue;
+			local = (struct iovec){ buf + i * PG, PG };
+			remote = (struct iovec){ (void *)(uintptr_t)(a + i * PG), PG };
+			r = write ? process_vm_writev(getpid(), &local, 1, &remote, 1, 0)
+				  : process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+			if (r != (ssize_t)PG)
+				return -EFAULT;
+		}
+		pthread_mutex_lock(&s->lock);
+		if (uhmm_interval_read_retry(&s->notifier, seq)) {
+			pthread_mutex_unlock(&s->lock);
+			continue;
+		}
+		for (uint64_t i = 0; i < n; i++) {
+			struct pt_ent *e = pt_find(s, (a >> UHMM_PAGE_SHIFT) + i);
+			void *mem;
+
+			if (!e || e->kind == PT_SYS)
+				continue;
+			mem = e->kind == PT_DEV ? uhmm_page_to_virt(e->data) : e->data;
+			if (write)
+				memcpy(mem, buf + i * PG, PG);
+			else
+				memcpy(buf + i * PG, mem, PG);
+		}
+		pthread_mutex_unlock(&s->lock);
+		return 0;
+	}
+}
+
+static int sim_rw(struct uhmm_sim *s, uint64_t addr, uint64_t npages, void *buf,
+		  bool write)
+{
+	if (!args_ok(s, addr, npages, buf))
+		return -EINVAL;
+	if (uhmm_uffd_is_handler())
+		return -EDEADLK;
+	for (uint64_t off = 0; off < npages; off += PIECE) {
+		uint64_t n = UHMM_MIN(PIECE, npages - off);
+		int err = sim_access(s, addr + off * PG, n, (uint8_t *)buf + off * PG,
+				     write);
+
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+int uhmm_sim_read(struct uhmm_sim *s, uint64_t addr, uint64_t npages, void *buf)
+{
+	return sim_rw(s, addr, npages, buf, false);
+}
+
+int uhmm_sim_write(struct uhmm_sim *s, uint64_t addr, uint64_t npages,
+		   const void *buf)
+{
+	return sim_rw(s, addr, npages, (void *)buf, true);
+}
+
+/* Oldest-first eviction when full: give back one piece's worth. */
+static void sim_evict_some(struct uhmm_sim *s, uint64_t want)
+{
+	uint64_t first = s->range.start >> UHMM_PAGE_SHIFT;
+
+	uhmm_migrate_device_range(&s->pgmap, first, UHMM_MIN(s->capacity, want * 4));
+}
+
+static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
+{
+	uint64_t n = (end - start) / PG, src[PIECE], dst[PIECE];
+	struct uhmm_migrate m = {
+		.mm = s->mm, .start = start, .end = end, .src = src, .dst = dst,
+		.flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = s,
+	};
+	struct uhmm_page *pages[PIECE];
+	unsigned long seq;
+	int err, done;
+
+	seq = uhmm_interval_read_begin(&s->notifier);
+	err = uhmm_migrate_setup(&m);
+	if (err)
+		return err;
+	for (uint64_t i = 0; i < n; i++) {
+		void *from;
+
+		pages[i] = NULL;
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		if (uhmm_pagemap_alloc_pages(&s->pgmap, 1, 0, &pages[i]))
+			continue;	/* full: this page stays in RAM */
+		atomic_fetch_add(&s->dev_pages, 1);
+		pages[i]->zone_device_data = s;
+		from = uhmm_migrate_src_buf(&m, i);
+		if (from)
+			memcpy(uhmm_page_to_virt(pages[i]), from, PG);
+		else
+			memset(uhmm_page_to_virt(pages[i]), 0, PG);
+		dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pages[i]));
+	}
+	uhmm_migrate_pages(&m);
+	done = uhmm_migrate_finalize(&m);
+	/* map what moved, unless the range changed since read_begin */
+	pthread_mutex_lock(&s->lock);
+	if (!uhmm_interval_read_retry(&s->notifier, seq))
+		for (uint64_t i = 0; i < n; i++)
+			if (pages[i] && (src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+				pt_set(s, (start >> UHMM_PAGE_SHIFT) + i, PT_DEV,
+				       src[i] & UHMM_MIGRATE_PFN_WRITE, pages[i]);
+	pthread_mutex_unlock(&s->lock);
+	/* pages allocated for entries that did not migrate */
+	for (uint64_t i = 0; i < n; i++)
+		if (pages[i] && !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			uhmm_page_put(pages[i]);
+	return done;
+}
+
+typedef int (*piece_fn)(struct uhmm_sim *s, uint64_t a, uint64_t b);
+
+static int sim_to_sys_piece(struct uhmm_sim *s, uint64_t a, uint64_t b)
+{
+	return sim_to_sys(s, a, b, NULL);
+}
+
+static int for_pieces(struct uhmm_sim *s, uint64_t addr, uint64_t npages,
+		      piece_fn fn, bool to_dev)
+{
+	int total = 0;
+
+	if (!s || !npages || !addr || !UHMM_IS_ALIGNED(addr, PG) ||
+	    addr + npages * PG < addr)
+		return -EINVAL;
+	for (uint64_t off = 0; off < npages; off += PIECE) {
+		uint64_t n = UHMM_MIN(PIECE, npages - off);
+		int r = fn(s, addr + off * PG, addr + (off + n) * PG);
+
+		if (r < 0)
+			return total ? total : r;
+		if (to_dev && (uint64_t)r < n && s->evict && uhmm_pagemap_nr_free(&s->pgmap) == 0) {
+			sim_evict_some(s, n);
+			r += fn(s, addr + off * PG, addr + (off + n) * PG) > 0;
+		}
+		total += r;
+	}
+	pthread_mutex_lock(&s->lock);
+	s->cnt.cpages += (uint64_t)total;
+	pthread_mutex_unlock(&s->lock);
+	return total;
+}
+
+int uhmm_sim_migrate_to_dev(struct uhmm_sim *s, uint64_t addr, uint64_t npages)
+{
+	return for_pieces(s, addr, npages, sim_to_dev, true);
+}
+
+int uhmm_sim_migrate_to_sys(struct uhmm_sim *s, uint64_t addr, uint64_t npages)
+{
+	return for_pieces(s, addr, npages, sim_to_sys_piece, false);
+}
+
+/* Foreign device page under addr, for REMOTE snapshot bytes. */
+static uint8_t remote_kind(struct uhmm_sim *s, uint64_t addr)
+{
+	struct uhmm_mm *mm = s->mm;
+	struct mm_vma *v;
+	uint64_t e = 0;
+	uint8_t k = 0;
+
+	mm_lock(mm);
+	v = uhmm_vma_find(mm, addr);
+	if (v && v->ents)
+		e = v->ents[(addr - v->start) >> UHMM_PAGE_SHIFT];
+	if (ENT_STATE(e) == ENT_DEVICE) {
+		struct uhmm_page *pg = ENT_PTR(e);
+
+		k = pg->pgmap->type == UHMM_PAGEMAP_COHERENT
+			    ? UHMM_SIM_PROT_DEV_COHERENT_REMOTE
+			    : UHMM_SIM_PROT_DEV_PRIVATE_REMOTE;
+		k |= e & ENT_WRITE ? UHMM_SIM_PROT_WRITE : UHMM_SIM_PROT_READ;
+	}
+	mm_unlock(mm);
+	return k;
+}
+
+int uhmm_sim_snapshot(struct uhmm_sim *s, uint64_t addr, uint64_t npages,
+		      uint8_t *prot)
+{
+	uint64_t pfns[PIECE];
+
+	if (!args_ok(s, addr, npages, prot))
+		return -EINVAL;
+	for (uint64_t off = 0; off < npages; off += PIECE) {
+		uint64_t n = UHMM_MIN(PIECE, npages - off), t0 = now_ns();
+		struct uhmm_range r = {
+			.notifier = &s->notifier, .start = addr + off * PG,
+			.end = addr + (off + n) * PG, .hmm_pfns = pfns,
+			.dev_private_owner = s,
+		};
+		int err;
+
+		do {
+			if (now_ns() - t0 > BUSY_BUDGET_NS)
+				return -EBUSY;
+			memset(pfns, 0, sizeof(pfns));
+			r.notifier_seq = uhmm_interval_read_begin(&s->notifier);
+			err = uhmm_range_fault(&r);
+		} while (err == -EBUSY);
+		if (err)
+			return err;
+		for (uint64_t i = 0; i < n; i++) {
+			uint64_t e = pfns[i];
+			uint8_t b;
+			unsigned int order = uhmm_pfn_to_map_order(e);
+
+			if (e & UHMM_PFN_ERROR) {
+				prot[off + i] = UHMM_SIM_PROT_ERROR;
+				continue;
+			}
+			if (!(e & UHMM_PFN_VALID)) {
+				prot[off + i] = remote_kind(s, r.start + i * PG);
+				continue;
+			}
+			b = e & UHMM_PFN_WRITE ? UHMM_SIM_PROT_WRITE : UHMM_SIM_PROT_READ;
+			if (e & UHMM_PFN_DEVICE)
+				b |= s->pgmap.type == UHMM_PAGEMAP_COHERENT
+					     ? UHMM_SIM_PROT_DEV_COHERENT_LOCAL
+					     : UHMM_SIM_PROT_DEV_PRIVATE_LOCAL;
+			else if (e & UHMM_PFN_ZERO)
+				b |= UHMM_SIM_PROT_ZERO;
+			if (order == 9)
+				b |= UHMM_SIM_PROT_PMD;
+			else if (order == 18)
+				b |= UHMM_SIM_PROT_PUD;
+			prot[off + i] = b;
+		}
+	}
+	return 0;
+}
+
+int uhmm_sim_exclusive(struct uhmm_sim *s, uint64_t addr, uint64_t npages)
+{
+	void **bufs;
+	int err;
+
+	if (!args_ok(s, addr, npages, s))
+		return -EINVAL;
+	bufs = calloc(npages, sizeof(*bufs));
+	if (!bufs)
+		return -ENOMEM;
+	err = uhmm_make_device_exclusive(s->mm, addr, npages, s, bufs);
+	pthread_mutex_lock(&s->lock);
+	for (uint64_t i = 0; i < npages; i++)
+		if (bufs[i])
+			pt_set(s, (addr >> UHMM_PAGE_SHIFT) + i, PT_ATOMIC, true, bufs[i]);
+	pthread_mutex_unlock(&s->lock);
+	free(bufs);
+	return err;
+}
+
+int uhmm_sim_check_exclusive(struct uhmm_sim *s, uint64_t addr, uint64_t npages)
+{
+	int all = 1;
+
+	if (!args_ok(s, addr, npages, s))
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	for (uint64_t i = 0; i < npages && all; i++) {
+		struct pt_ent *e = pt_find(s, (addr >> UHMM_PAGE_SHIFT) + i);
+
+		all = e && e->kind == PT_ATOMIC;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return all;
+}
+
+int uhmm_sim_release(struct uhmm_sim *s)
+{
+	if (!s)
+		return -EINVAL;
+	return uhmm_migrate_device_range(&s->pgmap, s->range.start >> UHMM_PAGE_SHIFT,
+					 s->capacity);
+}
+
+int uhmm_sim_counters(struct uhmm_sim *s, struct uhmm_sim_counters *c)
+{
+	if (!s || !c)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	*c = s->cnt;
+	c->dev_pages = atomic_load(&s->dev_pages);
+	memset(&s->cnt, 0, sizeof(s->cnt));
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}

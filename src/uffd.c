@@ -1,0 +1,606 @@
+// SPDX-License-Identifier: MIT
+/* uffd.c - the userfaultfd side of a uhmm_mm: open and negotiate, register,
+ * the handler threads (faults and events) and retrying UFFDIO_* helpers.
+ * API in include/uhmm/mm.h; internals in src/mm_internal.h. */
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include "compat.h"
+#include "mm_internal.h"
+
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+#define REQUIRED_FEATURES                                                    \
+	(UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE |              \
+	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_FORK |                \
+	 UFFD_FEATURE_THREAD_ID)
+#define OPTIONAL_FEATURES                                                    \
+	(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_MISSING_SHMEM |       \
+	 UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |  \
+	 UFFD_FEATURE_MOVE)
+
+/* Zero source for fills: a never-written read-only mapping reads as zeros. */
+#define ZERO_SRC_LEN (1UL << 30)
+static void *zero_src;
+static pthread_once_t zero_once = PTHREAD_ONCE_INIT;
+
+static void zero_src_init(void)
+{
+	void *p = mmap(NULL, ZERO_SRC_LEN, PROT_READ,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	zero_src = p == MAP_FAILED ? NULL : p;
+	/* Map the first 2 MiB to the zero page now: UFFDIO_COPY from a
+	 * source that faults retries page by page, ~20x slower. */
+	if (zero_src)
+		madvise(zero_src, 2UL << 20, MADV_POPULATE_READ);
+}
+
+static __thread struct uhmm_mm *tls_handler_mm;
+
+bool uhmm_uffd_is_handler(void)
+{
+	return tls_handler_mm != NULL;
+}
+
+static int uffd_new_fd(void)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	int dev;
+
+	if (fd >= 0)
+		return fd;
+	dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev < 0)
+		return errno == ENOENT ? -ENOSYS : -errno;
+	fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+	close(dev);
+	return fd < 0 ? -errno : fd;
+}
+
+int uhmm_uffd_open(struct uhmm_mm *mm)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+	uint64_t want;
+	int fd, err;
+
+	pthread_once(&zero_once, zero_src_init);
+	if (!zero_src)
+		return -ENOMEM;
+	/* UFFDIO_API may be called once per fd: probe on a throwaway one. */
+	fd = uffd_new_fd();
+	if (fd < 0)
+		return fd;
+	if (ioctl(fd, UFFDIO_API, &api)) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	close(fd);
+	if ((api.features & REQUIRED_FEATURES) != REQUIRED_FEATURES) {
+		uhmm_log(UHMM_LOG_ERROR, "userfaultfd lacks events (features %#llx)",
+			 (unsigned long long)api.features);
+		return -EOPNOTSUPP;
+	}
+	want = REQUIRED_FEATURES | (api.features & OPTIONAL_FEATURES);
+	fd = uffd_new_fd();
+	if (fd < 0)
+		return fd;
+	api = (struct uffdio_api){ .api = UFFD_API, .features = want };
+	if (ioctl(fd, UFFDIO_API, &api)) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	mm->uffd = fd;
+	mm->uffd_features = want;
+	if (want & UFFD_FEATURE_MOVE)
+		mm->features |= UHMM_FEAT_MOVE;
+	if (want & UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+		mm->features |= UHMM_FEAT_WP;
+	return 0;
+}
+
+int uhmm_uffd_register(struct uhmm_mm *mm, uint64_t start, uint64_t len, bool wp)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+
+	if (wp && (mm->features & UHMM_FEAT_WP))
+		reg.mode |= UFFDIO_REGISTER_MODE_WP;
+	if (ioctl(mm->uffd, UFFDIO_REGISTER, &reg) == 0)
+		return 0;
+	if (errno == EINVAL && (reg.mode & UFFDIO_REGISTER_MODE_WP)) {
+		/* shmem/hugetlb without WP support: MISSING is what we need */
+		reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+		if (ioctl(mm->uffd, UFFDIO_REGISTER, &reg) == 0)
+			return 0;
+	}
+	return -errno;
+}
+
+int uhmm_uffd_unregister(struct uhmm_mm *mm, uint64_t start, uint64_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+
+	return ioctl(mm->uffd, UFFDIO_UNREGISTER, &r) ? -errno : 0;
+}
+
+/* Read whatever is queued into the backlog, without blocking. */
+void uhmm_uffd_drain(struct uhmm_mm *mm)
+{
+	struct uffd_msg msg;
+
+	pthread_mutex_lock(&mm->backlog_lock);
+	while (mm->nr_backlog < MM_BACKLOG) {
+		if (read(mm->uffd, &msg, sizeof(msg)) != sizeof(msg))
+			break;
+		mm->backlog[mm->nr_backlog++] = msg;
+	}
+	pthread_mutex_unlock(&mm->backlog_lock);
+}
+
+void uhmm_uffd_retry_wait(struct uhmm_mm *mm, int *tries)
+{
+	/* The event that raised mmap_changing may sit unread behind us. */
+	if (uhmm_uffd_is_handler())
+		uhmm_uffd_drain(mm);
+	if (++*tries < 64) {
+		sched_yield();
+	} else {
+		struct timespec ts = { 0, 20000 };
+
+		nanosleep(&ts, NULL);
+	}
+}
+
+int uhmm_uffd_wake(struct uhmm_mm *mm, uint64_t start, uint64_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+
+	return ioctl(mm->uffd, UFFDIO_WAKE, &r) ? -errno : 0;
+}
+
+int uhmm_uffd_copy(struct uhmm_mm *mm, uint64_t dst, const void *src,
+		   uint64_t len, bool wake)
+{
+	uint64_t done = 0;
+	int tries = 0;
+
+	while (done < len) {
+		struct uffdio_copy c = {
+			.dst = dst + done,
+			.src = (uint64_t)(uintptr_t)src + done,
+			.len = len - done,
+			.mode = UFFDIO_COPY_MODE_DONTWAKE,
+		};
+
+		if (ioctl(mm->uffd, UFFDIO_COPY, &c) == 0) {
+			done = len;
+			break;
+		}
+		if (c.copy > 0) {
+			done += (uint64_t)c.copy;
+			continue;
+		}
+		if (c.copy != -EAGAIN && errno != EAGAIN)
+			return c.copy < 0 ? (int)c.copy : -errno;
+		uhmm_uffd_retry_wait(mm, &tries);
+	}
+	if (wake)
+		uhmm_uffd_wake(mm, dst, len);
+	return 0;
+}
+
+int uhmm_uffd_move(struct uhmm_mm *mm, uint64_t dst, uint64_t src, uint64_t len,
+		   uint64_t *moved)
+{
+	uint64_t done = 0;
+	int tries = 0;
+
+	*moved = 0;
+	while (done < len) {
+		struct uffdio_move m = {
+			.dst = dst + done,
+			.src = src + done,
+			.len = len - done,
+			.mode = UFFDIO_MOVE_MODE_DONTWAKE |
+				UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
+		};
+
+		if (ioctl(mm->uffd, UFFDIO_MOVE, &m) == 0) {
+			done = len;
+			break;
+		}
+		if (m.move > 0) {
+			done += (uint64_t)m.move;
+			continue;
+		}
+		if (m.move != -EAGAIN && errno != EAGAIN) {
+			*moved = done;
+			return m.move < 0 ? (int)m.move : -errno;
+		}
+		uhmm_uffd_retry_wait(mm, &tries);
+	}
+	*moved = done;
+	return 0;
+}
+
+/*
+ * Fill the holes of [start, start + len) with zeros: a mapped zero page for
+ * reads, fresh pages for writes and for hugetlbfs. Present pages are skipped.
+ * Does not wake. Return 0, -EAGAIN (mm changing; *done says how far) or -errno.
+ */
+int uhmm_uffd_fill(struct uhmm_mm *mm, uint64_t start, uint64_t len, bool write,
+		   uint64_t *done)
+{
+	struct mm_vma *v = uhmm_vma_find(mm, start);
+	uint64_t psz = v ? 1ULL << v->page_shift : UHMM_PAGE_SIZE;
+	bool copy = write || (v && v->kind == VMA_HUGETLB);
+	uint64_t off = 0;
+
+	while (off < len) {
+		int64_t res;
+		int rc;
+
+		if (copy) {
+			struct uffdio_copy c = {
+				.dst = start + off,
+				.src = (uint64_t)(uintptr_t)zero_src,
+				.len = UHMM_MIN(len - off, (uint64_t)ZERO_SRC_LEN),
+				.mode = UFFDIO_COPY_MODE_DONTWAKE,
+			};
+
+			rc = ioctl(mm->uffd, UFFDIO_COPY, &c);
+			res = rc ? c.copy : (int64_t)c.len;
+		} else {
+			struct uffdio_zeropage z = {
+				.range = { .start = start + off, .len = len - off },
+				.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+			};
+
+			rc = ioctl(mm->uffd, UFFDIO_ZEROPAGE, &z);
+			res = rc ? z.zeropage : (int64_t)z.range.len;
+		}
+		if (res > 0) {
+			off += (uint64_t)res;
+			continue;
+		}
+		if (res == 0)
+			res = -errno;
+		if (res == -EEXIST) {
+			off += psz;	/* already present: keep it */
+			continue;
+		}
+		*done = off;
+		return (int)res;
+	}
+	*done = off;
+	return 0;
+}
+
+static void handler_sigbus(int tid)
+{
+	if (tid > 0)
+		syscall(SYS_tgkill, getpid(), tid, SIGBUS);
+}
+
+/* Serve one fault. Return 0 (handled) or -EAGAIN (retry later). */
+static int handle_fault(struct uhmm_mm *mm, const struct uffd_msg *msg)
+{
+	uint64_t addr = msg->arg.pagefault.address & ~(UHMM_PAGE_SIZE - 1);
+	bool write = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+	int tid = (int)msg->arg.pagefault.feat.ptid;
+	struct mm_vma *v;
+	uint64_t e = 0, ws, we, psz, done;
+	int rc = 0;
+
+	mm_lock(mm);
+	v = uhmm_vma_find(mm, addr);
+	if (v && v->ents)
+		e = v->ents[(addr - v->start) >> UHMM_PAGE_SHIFT];
+	switch (ENT_STATE(e)) {
+	case ENT_MIGRATING:
+		/* the migration's finalize wakes every thread parked here */
+		mm_unlock(mm);
+		return 0;
+	case ENT_DEVICE:
+		mm_unlock(mm);
+		atomic_fetch_add(&mm->st_device_faults, 1);
+		rc = uhmm_device_fault(mm, addr, write, tid);
+		if (rc == -EAGAIN)
+			return rc;
+		if (rc < 0)
+			handler_sigbus(tid);
+		uhmm_uffd_wake(mm, addr, UHMM_PAGE_SIZE);
+		return 0;
+	case ENT_EXCLUSIVE:
+		mm_unlock(mm);
+		rc = uhmm_excl_restore(mm, addr);
+		if (rc == -EAGAIN)
+			return rc;
+		uhmm_uffd_wake(mm, addr, UHMM_PAGE_SIZE);
+		return 0;
+	}
+	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+		struct uffdio_writeprotect wp = {
+			.range = { .start = addr, .len = UHMM_PAGE_SIZE },
+		};
+
+		mm_unlock(mm);
+		if (ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) && errno == EAGAIN)
+			return -EAGAIN;
+		return 0;
+	}
+	psz = v ? 1ULL << v->page_shift : UHMM_PAGE_SIZE;
+	if (!v || v->kind == VMA_INTERNAL || v->kind == VMA_HUGETLB) {
+		/* one page: internal buffers, huge pages, or an unknown range */
+		ws = addr & ~(psz - 1);
+		we = ws + psz;
+	} else {
+		uint64_t win = (uint64_t)mm->fault_around << UHMM_PAGE_SHIFT;
+
+		ws = UHMM_MAX(v->start, addr & ~(win - 1));
+		we = UHMM_MIN(v->end, (addr & ~(win - 1)) + win);
+	}
+	/* Fill runs without CPU entries: device pages must stay holes. */
+	for (uint64_t a = ws; a < we && rc != -EAGAIN;) {
+		uint64_t b = a;
+		int r;
+
+		if (v && v->ents)
+			while (a < we && v->ents[(a - v->start) >> UHMM_PAGE_SHIFT])
+				a += UHMM_PAGE_SIZE;
+		b = a;
+		if (v && v->ents)
+			while (b < we && !v->ents[(b - v->start) >> UHMM_PAGE_SHIFT])
+				b += UHMM_PAGE_SIZE;
+		else
+			b = we;
+		if (a >= we)
+			break;
+		r = uhmm_uffd_fill(mm, a, b - a, write, &done);
+		atomic_fetch_add(&mm->st_filled_pages, done >> UHMM_PAGE_SHIFT);
+		if (r == -EAGAIN)
+			rc = r;
+		a = b;
+	}
+	mm_unlock(mm);
+	atomic_fetch_add(&mm->st_fills, 1);
+	uhmm_uffd_wake(mm, ws, we - ws);
+	return rc;
+}
+
+static void handle_event(struct uhmm_mm *mm, const struct uffd_msg *msg)
+{
+	uint64_t s, e;
+
+	atomic_fetch_add(&mm->st_events, 1);
+	switch (msg->event) {
+	case UFFD_EVENT_UNMAP:
+	case UFFD_EVENT_REMOVE: {
+		bool unmap = msg->event == UFFD_EVENT_UNMAP;
+
+		s = msg->arg.remove.start;
+		e = msg->arg.remove.end;
+		if (!uhmm_mm_suppressed(mm, msg->event, s, e))
+			uhmm_invalidate(mm, unmap ? UHMM_EVENT_UNMAP : UHMM_EVENT_CLEAR,
+					s, e, NULL, 0);
+		uhmm_mm_apply_unmap(mm, s, e, !unmap);
+		break;
+	}
+	case UFFD_EVENT_REMAP:
+		s = msg->arg.remap.from;
+		e = s + msg->arg.remap.len;
+		if (!uhmm_mm_suppressed(mm, UFFD_EVENT_REMAP, s, e))
+			uhmm_invalidate(mm, UHMM_EVENT_REMAP, s, e, NULL,
+					msg->arg.remap.to);
+		uhmm_mm_apply_remap(mm, s, msg->arg.remap.to, msg->arg.remap.len);
+		break;
+	case UFFD_EVENT_FORK: {
+		/* The child does not inherit management: dropping its fd
+		 * unregisters its ranges. The parent's pages are now COW. */
+		struct mm_vma *copy;
+		size_t n;
+
+		close((int)msg->arg.fork.ufd);
+		mm_lock(mm);
+		n = mm->nr_vmas;
+		copy = n ? malloc(n * sizeof(*copy)) : NULL;
+		if (copy)
+			memcpy(copy, mm->vmas, n * sizeof(*copy));
+		mm_unlock(mm);
+		for (size_t i = 0; copy && i < n; i++)
+			if (copy[i].kind != VMA_INTERNAL)
+				uhmm_invalidate(mm, UHMM_EVENT_PROTECTION,
+						copy[i].start, copy[i].end, NULL, 0);
+		free(copy);
+		break;
+	}
+	default:
+		break;
+	}
+}
+
+static int handle_msg(struct uhmm_mm *mm, const struct uffd_msg *msg)
+{
+	if (msg->event == UFFD_EVENT_PAGEFAULT) {
+		atomic_fetch_add(&mm->st_faults, 1);
+		return handle_fault(mm, msg);
+	}
+	handle_event(mm, msg);
+	return 0;
+}
+
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+#define MAX_DEFERRED 256
+
+struct handler_state {
+	struct uffd_msg def[MAX_DEFERRED];
+	unsigned int ndef;
+};
+
+static void run_msg(struct uhmm_mm *mm, struct handler_state *hs,
+		    const struct uffd_msg *m)
+{
+	if (handle_msg(mm, m) == -EAGAIN && hs->ndef < MAX_DEFERRED)
+		hs->def[hs->ndef++] = *m;
+}
+
+static void run_backlog_and_deferred(struct uhmm_mm *mm, struct handler_state *hs)
+{
+	for (;;) {
+		struct uffd_msg m;
+		bool got = false;
+
+		pthread_mutex_lock(&mm->backlog_lock);
+		if (mm->nr_backlog) {
+			m = mm->backlog[0];
+			memmove(mm->backlog, mm->backlog + 1,
+				--mm->nr_backlog * sizeof(m));
+			got = true;
+		}
+		pthread_mutex_unlock(&mm->backlog_lock);
+		if (!got)
+			break;
+		run_msg(mm, hs, &m);
+	}
+	if (hs->ndef) {
+		struct uffd_msg retry[MAX_DEFERRED];
+		unsigned int n = hs->ndef;
+
+		memcpy(retry, hs->def, n * sizeof(retry[0]));
+		hs->ndef = 0;
+		for (unsigned int i = 0; i < n; i++)
+			run_msg(mm, hs, &retry[i]);
+	}
+}
+
+static void batch_done(struct uhmm_mm *mm, uint64_t start)
+{
+	pthread_mutex_lock(&mm->backlog_lock);
+	if (start > mm->batch_done)
+		mm->batch_done = start;
+	pthread_cond_broadcast(&mm->batch_cond);
+	pthread_mutex_unlock(&mm->backlog_lock);
+}
+
+static void *handler_main(void *arg)
+{
+	struct uhmm_mm *mm = arg;
+	struct handler_state *hs = calloc(1, sizeof(*hs));
+	struct uffd_msg msgs[32];
+	uint64_t last = now_us();
+
+	tls_handler_mm = mm;
+	if (!hs)
+		return NULL;
+	while (!atomic_load(&mm->stop)) {
+		uint64_t start;
+		ssize_t n;
+
+		pthread_mutex_lock(&mm->backlog_lock);
+		start = ++mm->batch_start;
+		pthread_mutex_unlock(&mm->backlog_lock);
+		n = read(mm->uffd, msgs, sizeof(msgs));
+		if (n > 0) {
+			for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
+				run_msg(mm, hs, &msgs[i]);
+			run_backlog_and_deferred(mm, hs);
+			batch_done(mm, start);
+			last = now_us();
+			continue;
+		}
+		run_backlog_and_deferred(mm, hs);
+		batch_done(mm, start);
+		if (hs->ndef || mm->nr_backlog) {
+			struct pollfd p = { .fd = mm->uffd, .events = POLLIN };
+
+			poll(&p, 1, 1);
+			continue;
+		}
+		if (mm->spin_usec && now_us() - last < mm->spin_usec) {
+			__builtin_ia32_pause();
+			continue;
+		}
+		struct pollfd pf[2] = {
+			{ .fd = mm->uffd, .events = POLLIN },
+			{ .fd = mm->wake_fd, .events = POLLIN },
+		};
+		poll(pf, 2, -1);
+		last = now_us();
+	}
+	free(hs);
+	return NULL;
+}
+
+int uhmm_uffd_start(struct uhmm_mm *mm)
+{
+	sigset_t all, old;
+	int err = 0;
+
+	mm->handlers = calloc(mm->nr_handlers, sizeof(pthread_t));
+	if (!mm->handlers)
+		return -ENOMEM;
+	/* Handler threads take no signals: the application's stay its own. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	for (unsigned int i = 0; i < mm->nr_handlers; i++) {
+		err = -pthread_create(&mm->handlers[i], NULL, handler_main, mm);
+		if (err) {
+			mm->nr_handlers = i;
+			break;
+		}
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return err;
+}
+
+void uhmm_uffd_stop(struct uhmm_mm *mm)
+{
+	uint64_t one = 1;
+
+	atomic_store(&mm->stop, true);
+	for (unsigned int i = 0; i < mm->nr_handlers; i++)
+		if (write(mm->wake_fd, &one, sizeof(one)) < 0)
+			break;
+	for (unsigned int i = 0; i < mm->nr_handlers; i++)
+		pthread_join(mm->handlers[i], NULL);
+	free(mm->handlers);
+	mm->handlers = NULL;
+	mm->nr_handlers = 0;
+}
+
+/* Wait until the handlers have processed every message read so far. */
+void uhmm_mm_batch_barrier(struct uhmm_mm *mm)
+{
+	uint64_t target;
+
+	if (uhmm_uffd_is_handler())
+		return;
+	pthread_mutex_lock(&mm->backlog_lock);
+	target = mm->batch_start;
+	while (mm->batch_done < target && !atomic_load(&mm->stop))
+		pthread_cond_wait(&mm->batch_cond, &mm->backlog_lock);
+	pthread_mutex_unlock(&mm->backlog_lock);
+}
