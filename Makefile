@@ -29,6 +29,7 @@ LIB_SRC   := $(sort $(wildcard src/*.c))
 LIB_OBJ   := $(LIB_SRC:src/%.c=$(BUILD)/src/%.o)
 STATIC    := $(BUILD)/libuhmm.a
 SHARED    := $(BUILD)/libuhmm.so.$(VERSION)
+PRELOAD   := $(BUILD)/libuhmm-preload.so
 
 TEST_SRC  := $(sort $(wildcard tests/unit/test_*.c))
 TESTS     := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
@@ -45,7 +46,7 @@ TSAN_TESTS ?= test_pagemap test_resource test_mirror test_migrate test_sim test_
 
 .PHONY: all lib tests benches check check-asan check-tsan demo bench install \
         abi-check lint clean header-test deps
-all: lib $(CLI) tests benches $(EXAMPLES)
+all: lib $(PRELOAD) $(CLI) tests benches $(EXAMPLES)
 lib: $(STATIC) $(SHARED)
 tests: $(TESTS)
 benches: $(BENCHES)
@@ -63,6 +64,11 @@ $(SHARED): $(LIB_OBJ) src/libuhmm.map
 		-Wl,--version-script=src/libuhmm.map -Wl,-z,defs -o $@ $(LIB_OBJ) $(LIBS)
 	ln -sf libuhmm.so.$(VERSION) $(BUILD)/libuhmm.so.$(SOVERSION)
 	ln -sf libuhmm.so.$(VERSION) $(BUILD)/libuhmm.so
+
+# LD_PRELOAD interposer of mprotect/munmap/madvise/mremap; shares libuhmm.so.0.
+$(PRELOAD): preload/uhmm_preload.c $(SHARED)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -fvisibility=hidden -shared $(LDFLAGS) -o $@ $< \
+		-L$(BUILD) -l:libuhmm.so.$(SOVERSION) -Wl,-rpath,'$$ORIGIN' -Wl,-z,defs -ldl $(LIBS)
 
 $(TUTIL_OBJ): tests/t_util.c tests/t_util.h $(wildcard include/uhmm/*.h)
 	@mkdir -p $(@D)

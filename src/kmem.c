@@ -239,9 +239,9 @@ static struct kmem_slot *slot_slow(struct dax_kmem *k)
 		t_slots = s;
 		pthread_setspecific(kmem_key, s);
 	}
-	/* Builds without thread caches (Debian's 5.3) go straight to the arena. */
+	/* Without a thread cache (tcache:false) go straight to the arena. */
 	s->tflags = MALLOCX_TCACHE_NONE;
-	if (!mallctl("tcaches.create", &idx, &sz, NULL, 0)) {
+	if (!mallctl("tcache.create", &idx, &sz, NULL, 0)) {
 		s->tcache = idx;
 		s->tflags = (int)MALLOCX_TCACHE(idx);
 	}

@@ -97,8 +97,10 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		return -EINVAL;
 	mm = m->mm;
 	n = (m->end - m->start) / PG;
+	/* COHERENT pages fault back like PRIVATE ones (see migrate.h) */
 	if (m->fault_page && (!m->fault_page->pgmap ||
-			      m->fault_page->pgmap->type != UHMM_PAGEMAP_PRIVATE))
+			      (m->fault_page->pgmap->type != UHMM_PAGEMAP_PRIVATE &&
+			       m->fault_page->pgmap->type != UHMM_PAGEMAP_COHERENT)))
 		return -EINVAL;
 	err = uhmm_vma_query(mm, m->start, &vi);
 	if (err || vi.start > m->start || vi.end < m->end)
@@ -290,9 +292,19 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	mm_lock(mm);
 	for (uint64_t i = 0; i < m->npages; i++) {
 		uint64_t s = m->src[i], d = m->dst[i], *pe, e;
-		bool migrate = s & UHMM_MIGRATE_PFN_MIGRATE;
+		bool migrate = (s & UHMM_MIGRATE_PFN_MIGRATE) && (d & UHMM_MIGRATE_PFN_VALID);
 		struct uhmm_page *dpg = NULL;
 		struct mm_vma *v;
+
+		/* without uhmm_migrate_pages(), dst[] is unchecked: a system
+		 * source needs a real device page, a device source system memory */
+		if (migrate && !c->devpage[i])
+			migrate = (d & UHMM_MIGRATE_PFN_DEVICE) &&
+				  uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(d));
+		else if (migrate)
+			migrate = !(d & UHMM_MIGRATE_PFN_DEVICE);
+		if (!migrate)
+			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 
 		v = uhmm_vma_find(mm, VA(m, i));
 		pe = v ? uhmm_vma_ent(v, VA(m, i), false) : NULL;

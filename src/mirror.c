@@ -13,7 +13,9 @@
  * Subscriptions live in an array sorted by start, viewed as an implicit
  * balanced binary tree (node = middle of its slice) augmented with the
  * largest end in each subtree: overlap queries cost O(log n + k). Inserts
- * and removes rebuild the array, O(n), which is cheap next to a callback.
+ * and removes shift the array (a memmove, O(n)) and mark the augmentation
+ * stale; the next query rebuilds it once, O(n), so a batch of n inserts costs
+ * O(n^2 / page) bytes moved rather than n full rebuilds.
  *
  * The sequence (kernel A1.4): even when idle; the first invalidation makes
  * it odd, the last one to end makes it even again and applies inserts and
@@ -27,6 +29,7 @@ struct uhmm_notif_state {
 	struct uhmm_interval_notifier **subs;	/* sorted by start */
 	uint64_t *maxend;		/* per implicit-tree node */
 	size_t n, cap;
+	bool maxend_stale;		/* subs changed since maxend was built */
 	struct uhmm_interval_notifier **deferred_add, **deferred_del;
 	size_t nadd, ndel, capadd, capdel;
 };
@@ -110,21 +113,32 @@ static int tree_add(struct uhmm_notif_state *ns, struct uhmm_interval_notifier *
 	memmove(&ns->subs[lo + 1], &ns->subs[lo], (ns->n - lo) * sizeof(*ns->subs));
 	ns->subs[lo] = sub;
 	ns->n++;
-	build_maxend(ns, 0, ns->n);
+	ns->maxend_stale = true;
 	sub->priv = SUB_INSERTED;
 	return 0;
 }
 
 static void tree_del(struct uhmm_notif_state *ns, struct uhmm_interval_notifier *sub)
 {
-	for (size_t i = 0; i < ns->n; i++)
+	size_t lo = 0, hi = ns->n;
+
+	/* first entry with start >= sub->start, then scan the equal starts */
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+
+		if (ns->subs[mid]->start < sub->start)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t i = lo; i < ns->n && ns->subs[i]->start == sub->start; i++)
 		if (ns->subs[i] == sub) {
 			memmove(&ns->subs[i], &ns->subs[i + 1],
 				(ns->n - i - 1) * sizeof(*ns->subs));
 			ns->n--;
 			break;
 		}
-	build_maxend(ns, 0, ns->n);
+	ns->maxend_stale = true;
 	sub->priv = NULL;
 }
 
@@ -185,6 +199,10 @@ void uhmm_invalidate_start(struct uhmm_mm *mm, enum uhmm_event ev, uint64_t star
 	ns->active++;
 	ns->seq |= 1;
 	cur = ns->seq;
+	if (ns->maxend_stale) {
+		build_maxend(ns, 0, ns->n);
+		ns->maxend_stale = false;
+	}
 	tree_query(ns, 0, ns->n, start, end, &hits, &n, &cap);
 	pthread_mutex_unlock(&ns->lock);
 	/* The tree cannot change until the last invalidation ends. */
@@ -249,12 +267,10 @@ int uhmm_interval_notifier_insert(struct uhmm_interval_notifier *sub,
 		return -EDEADLK;
 	ns = mm->notif;
 	pthread_mutex_lock(&ns->lock);
-	if (sub->priv == SUB_INSERTED || sub->priv == SUB_PENDING) {
-		for (size_t i = 0; i < ns->n; i++)
-			if (ns->subs[i] == sub) {
-				pthread_mutex_unlock(&ns->lock);
-				return -EINVAL;
-			}
+	/* already inserted here or in another mm (possibly still deferred) */
+	if ((sub->priv == SUB_INSERTED || sub->priv == SUB_PENDING) && sub->mm) {
+		pthread_mutex_unlock(&ns->lock);
+		return -EINVAL;
 	}
 	sub->mm = mm;
 	sub->ops = ops;
@@ -353,6 +369,7 @@ static int scan_present(struct uhmm_mm *mm, uint64_t start, uint64_t end,
 	struct page_region vec[SCAN_VEC];
 	uint64_t at = start;
 
+	memset(cat, 0, (end - start) >> UHMM_PAGE_SHIFT);
 	if (!(mm->features & UHMM_FEAT_PAGEMAP_SCAN)) {
 		/* Fallback: /proc/self/pagemap, bit 63 present, 62 swapped. */
 		uint64_t n = (end - start) >> UHMM_PAGE_SHIFT;
@@ -426,40 +443,64 @@ static int populate(struct uhmm_mm *mm, uint64_t a, uint64_t b, bool write)
 	return -errno;
 }
 
-/*
- * One walk. Return 0 done, 1 something was faulted (walk again), -errno.
- * Entries before a faulted page hold final output; the rest keep input.
- */
-static int walk(struct uhmm_range *r, struct uhmm_mm *mm, uint64_t *in_req,
-		uint8_t *cat, uint64_t *frames)
+/* Pages examined per PAGEMAP_SCAN / pagemap read; scratch stays small and
+ * reused by malloc, so a snapshot touches no fresh memory. */
+#define WALK_CHUNK 4096
+
+struct walk_buf {
+	uint8_t cat[WALK_CHUNK];
+	uint64_t frames[WALK_CHUNK];
+};
+
+static uint64_t req_of(const struct uhmm_range *r, uint64_t i)
 {
-	uint64_t n = (r->end - r->start) >> UHMM_PAGE_SHIFT;
+	return (r->hmm_pfns[i] & r->pfn_flags_mask) | r->default_flags;
+}
+
+/*
+ * One walk from *last. Return 0 done, 1 something was faulted (walk again
+ * from *last), -errno. As in the kernel, entries before *last hold final
+ * output and entries from *last on still hold their input.
+ */
+static int walk(struct uhmm_range *r, struct uhmm_mm *mm, struct walk_buf *wb,
+		uint64_t *last)
+{
+	struct vma_info vi = { 0 };
+	uint64_t vend = 0;
+	bool mapped = false, has_ents;
 	int err;
 
-	err = scan_present(mm, r->start, r->end, cat);
-	if (err)
-		return err;
-	read_frames(mm, r->start, n, frames);
-	for (uint64_t addr = r->start; addr < r->end;) {
-		struct vma_info vi;
-		uint64_t vend;
-		bool mapped;
+	/* entries created later come with a MIGRATE/EXCLUSIVE invalidation,
+	 * which the caller's read_retry catches */
+	mm_lock(mm);
+	has_ents = mm->nr_ents != 0;
+	mm_unlock(mm);
 
-		err = uhmm_vma_query(mm, addr, &vi);
-		mapped = !err && vi.start <= addr;
-		if (err && err != -ENOENT)
+	for (uint64_t cs = *last; cs < r->end;) {
+		uint64_t ce = UHMM_MIN(r->end, cs + ((uint64_t)WALK_CHUNK << UHMM_PAGE_SHIFT));
+
+		err = scan_present(mm, cs, ce, wb->cat);
+		if (err)
 			return err;
-		vend = mapped ? UHMM_MIN(vi.end, r->end)
-			      : (!err ? UHMM_MIN(vi.start, r->end) : r->end);
-		for (uint64_t a = addr; a < vend; a += UHMM_PAGE_SIZE) {
+		if (mm->frames)
+			read_frames(mm, cs, (ce - cs) >> UHMM_PAGE_SHIFT, wb->frames);
+		for (uint64_t a = cs; a < ce; a += UHMM_PAGE_SIZE) {
 			uint64_t i = (a - r->start) >> UHMM_PAGE_SHIFT;
-			uint64_t req = in_req[i];
+			uint64_t k = (a - cs) >> UHMM_PAGE_SHIFT;
+			uint64_t req = req_of(r, i);
 			bool want = req & UHMM_PFN_REQ_FAULT;
 			bool wantw = want && (req & UHMM_PFN_REQ_WRITE);
 			uint64_t e = 0, out = 0;
 			struct mm_vma *v;
 			unsigned int order = 0;
 
+			if (a >= vend) {
+				err = uhmm_vma_query(mm, a, &vi);
+				if (err && err != -ENOENT)
+					return err;
+				mapped = !err && vi.start <= a;
+				vend = mapped ? vi.end : (!err ? vi.start : r->end);
+			}
 			if (!mapped || !(vi.prot & PROT_READ)) {
 				if (want)
 					return -EFAULT;
@@ -468,7 +509,7 @@ static int walk(struct uhmm_range *r, struct uhmm_mm *mm, uint64_t *in_req,
 			}
 			if (wantw && !(vi.prot & PROT_WRITE))
 				return -EPERM;
-			if (mm->nr_ents) {
+			if (has_ents) {
 				mm_lock(mm);
 				v = uhmm_vma_find(mm, a);
 				if (v && v->ents)
@@ -495,6 +536,7 @@ static int walk(struct uhmm_range *r, struct uhmm_mm *mm, uint64_t *in_req,
 					r->hmm_pfns[i] = 0;
 					continue;
 				}
+				*last = a;
 				err = uhmm_device_fault(mm, a, wantw, 0);
 				return err ? -EFAULT : 1;
 			}
@@ -503,6 +545,7 @@ static int walk(struct uhmm_range *r, struct uhmm_mm *mm, uint64_t *in_req,
 					r->hmm_pfns[i] = 0;
 					continue;
 				}
+				*last = a;
 				if (ENT_STATE(e) == ENT_EXCLUSIVE) {
 					err = uhmm_excl_restore(mm, a);
 					return err ? err : 1;
@@ -510,38 +553,120 @@ static int walk(struct uhmm_range *r, struct uhmm_mm *mm, uint64_t *in_req,
 				err = populate(mm, a, a + UHMM_PAGE_SIZE, wantw);
 				return err ? err : 1;
 			}
-			if (cat[i] & PAGE_IS_PRESENT) {
-				out = UHMM_PFN_VALID | frames[i];
-				if (cat[i] & PAGE_IS_PFNZERO)
+			if (wb->cat[k] & PAGE_IS_PRESENT) {
+				out = UHMM_PFN_VALID | (mm->frames ? wb->frames[k] : 0);
+				if (wb->cat[k] & PAGE_IS_PFNZERO)
 					out |= UHMM_PFN_ZERO;
 				else if (vi.prot & PROT_WRITE)
 					out |= UHMM_PFN_WRITE;
 				if (vi.page_size > UHMM_PAGE_SIZE)
 					order = (unsigned int)__builtin_ctzll(vi.page_size) -
 						UHMM_PAGE_SHIFT;
-				else if (cat[i] & PAGE_IS_HUGE)
+				else if (wb->cat[k] & PAGE_IS_HUGE)
 					order = 9;
 				out |= (uint64_t)order << UHMM_PFN_ORDER_SHIFT;
 			}
 			if (want && (!(out & UHMM_PFN_VALID) ||
 				     (wantw && !(out & UHMM_PFN_WRITE)))) {
 				/* fault the run of pages that need the same fault */
-				uint64_t b = a + UHMM_PAGE_SIZE;
+				uint64_t b = a + UHMM_PAGE_SIZE, bend = UHMM_MIN(vend, ce);
 
-				while (b < vend) {
+				while (b < bend) {
 					uint64_t j = (b - r->start) >> UHMM_PAGE_SHIFT;
 
-					if ((in_req[j] & REQ_BITS) != (req & REQ_BITS) ||
-					    (cat[j] & PAGE_IS_PRESENT))
+					if ((req_of(r, j) & REQ_BITS) != (req & REQ_BITS) ||
+					    (wb->cat[(b - cs) >> UHMM_PAGE_SHIFT] & PAGE_IS_PRESENT))
 						break;
 					b += UHMM_PAGE_SIZE;
 				}
+				*last = a;
 				err = populate(mm, a, b, wantw);
 				return err ? err : 1;
 			}
 			r->hmm_pfns[i] = out;
 		}
-		addr = vend;
+		cs = ce;
+	}
+	return 0;
+}
+
+static void fill(struct uhmm_range *r, uint64_t a, uint64_t b, uint64_t v)
+{
+	uint64_t *p = r->hmm_pfns + ((a - r->start) >> UHMM_PAGE_SHIFT);
+
+	for (uint64_t n = (b - a) >> UHMM_PAGE_SHIFT; n; n--)
+		*p++ = v;
+}
+
+/*
+ * Pure snapshot, no frames, no device entries (the common case): one
+ * PAGEMAP_SCAN per VMA, entries written run by run without a per-page pass.
+ * Return 0, 1 (use the general walk) or -errno.
+ */
+static int snapshot_fast(struct uhmm_range *r, struct uhmm_mm *mm)
+{
+	struct page_region vec[SCAN_VEC];
+
+	for (uint64_t a = r->start; a < r->end;) {
+		struct vma_info vi;
+		int err = uhmm_vma_query(mm, a, &vi);
+		uint64_t vend, at, order = 0;
+		bool mapped;
+
+		if (err && err != -ENOENT)
+			return err;
+		mapped = !err && vi.start <= a;
+		vend = UHMM_MIN(r->end, mapped ? vi.end : (!err ? vi.start : r->end));
+		if (!mapped || !(vi.prot & PROT_READ)) {
+			fill(r, a, vend, UHMM_PFN_ERROR);
+			a = vend;
+			continue;
+		}
+		if (vi.page_size > UHMM_PAGE_SIZE)
+			order = (uint64_t)__builtin_ctzll(vi.page_size) - UHMM_PAGE_SHIFT;
+		for (at = a; at < vend;) {
+			struct pm_scan_arg arg = {
+				.size = sizeof(arg),
+				.start = at,
+				.end = vend,
+				.vec = (uint64_t)(uintptr_t)vec,
+				.vec_len = SCAN_VEC,
+				.category_anyof_mask = PAGE_IS_PRESENT,
+				.return_mask = PAGE_IS_PRESENT | PAGE_IS_PFNZERO |
+					       PAGE_IS_HUGE,
+			};
+			long n = ioctl(mm->pagemap_fd, PAGEMAP_SCAN, &arg);
+			uint64_t next;
+
+			if (n < 0)
+				return -errno;
+			for (long i = 0; i < n; i++) {
+				uint64_t s = UHMM_MAX(vec[i].start, at);
+				uint64_t e = UHMM_MIN(vec[i].end, vend);
+				uint64_t c = vec[i].categories, out = UHMM_PFN_VALID;
+
+				if (e <= s)
+					continue;	/* seen already (scan quirk) */
+				if (c & PAGE_IS_PFNZERO)
+					out |= UHMM_PFN_ZERO;
+				else if (vi.prot & PROT_WRITE)
+					out |= UHMM_PFN_WRITE;
+				out |= (order ? order : (c & PAGE_IS_HUGE ? 9 : 0))
+				       << UHMM_PFN_ORDER_SHIFT;
+				fill(r, at, s, 0);
+				fill(r, s, e, out);
+				at = e;
+			}
+			/* a full vector may have stopped early: go on from walk_end */
+			next = n < SCAN_VEC ? vend : UHMM_MIN(arg.walk_end, vend);
+			if (next < at)
+				return 1;
+			fill(r, at, next, 0);
+			at = next;
+			if (n == SCAN_VEC && arg.walk_end <= arg.start)
+				return 1;	/* no progress: let the walk do it */
+		}
+		a = vend;
 	}
 	return 0;
 }
@@ -549,8 +674,9 @@ static int walk(struct uhmm_range *r, struct uhmm_mm *mm, uint64_t *in_req,
 int uhmm_range_fault(struct uhmm_range *r)
 {
 	struct uhmm_mm *mm;
-	uint64_t n, *in_req = NULL, *frames = NULL;
-	uint8_t *cat = NULL;
+	struct walk_buf *wb;
+	uint64_t last;
+	bool fast;
 	int ret;
 
 	if (!r || !r->notifier || !r->notifier->mm || !r->hmm_pfns ||
@@ -562,26 +688,29 @@ int uhmm_range_fault(struct uhmm_range *r)
 	if (uhmm_uffd_is_handler())
 		return -EDEADLK;
 	mm = r->notifier->mm;
-	n = (r->end - r->start) >> UHMM_PAGE_SHIFT;
-	in_req = malloc(n * sizeof(*in_req));
-	frames = malloc(n * sizeof(*frames));
-	cat = malloc(n);
-	if (!in_req || !frames || !cat) {
-		ret = -ENOMEM;
-		goto out;
+	/* the kernel's shortcut: nothing can fault, so one pass reports all */
+	mm_lock(mm);
+	fast = !mm->nr_ents;
+	mm_unlock(mm);
+	if (fast && !((r->default_flags | r->pfn_flags_mask) & UHMM_PFN_REQ_FAULT) &&
+	    !mm->frames && (mm->features & UHMM_FEAT_PAGEMAP_SCAN)) {
+		if (uhmm_interval_check_retry(r->notifier, r->notifier_seq))
+			return -EBUSY;
+		ret = snapshot_fast(r, mm);
+		if (ret <= 0)
+			return ret;
 	}
-	for (uint64_t i = 0; i < n; i++)
-		in_req[i] = (r->hmm_pfns[i] & r->pfn_flags_mask) | r->default_flags;
+	wb = malloc(sizeof(*wb));
+	if (!wb)
+		return -ENOMEM;
+	last = r->start;
 	do {
 		if (uhmm_interval_check_retry(r->notifier, r->notifier_seq)) {
 			ret = -EBUSY;
 			break;
 		}
-		ret = walk(r, mm, in_req, cat, frames);
+		ret = walk(r, mm, wb, &last);
 	} while (ret == 1);
-out:
-	free(in_req);
-	free(frames);
-	free(cat);
+	free(wb);
 	return ret;
 }

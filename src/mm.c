@@ -548,8 +548,9 @@ static void probe_features(struct uhmm_mm *mm)
 		mm->features |= UHMM_FEAT_PROCMAP_QUERY;
 }
 
-int uhmm_mm_open(struct uhmm_mm **out, const struct uhmm_mm_opts *opts)
+int uhmm_mm_open(struct uhmm_mm **out, const struct uhmm_mm_opts *uopts)
 {
+	struct uhmm_mm_opts o = { 0 }, *opts = NULL;
 	struct uhmm_mm *mm;
 	unsigned int fa = 512;
 	int err;
@@ -557,10 +558,14 @@ int uhmm_mm_open(struct uhmm_mm **out, const struct uhmm_mm_opts *opts)
 	if (!out)
 		return -EINVAL;
 	*out = NULL;
-	if (opts) {
-		if (opts->sz < sizeof(size_t) || opts->sz > sizeof(*opts))
+	if (uopts) {
+		/* an older caller's struct may be shorter: read only its sz bytes */
+		if (uopts->sz < sizeof(size_t) || uopts->sz > sizeof(o))
 			return -EINVAL;
-		if (opts->nr_handlers > 16 || opts->spin_usec > 1000000)
+		memcpy(&o, uopts, uopts->sz);
+		opts = &o;
+		if (opts->nr_handlers > 16 || opts->spin_usec > 1000000 ||
+		    (opts->flags & ~UHMM_MM_FRAMES))
 			return -EINVAL;
 		if (opts->fault_around_pages) {
 			fa = opts->fault_around_pages;
@@ -579,6 +584,7 @@ int uhmm_mm_open(struct uhmm_mm **out, const struct uhmm_mm_opts *opts)
 	mm->fault_around = fa;
 	mm->nr_handlers = opts && opts->nr_handlers ? opts->nr_handlers : 1;
 	mm->spin_usec = opts ? opts->spin_usec : 0;
+	mm->frames = opts && (opts->flags & UHMM_MM_FRAMES);
 	mm->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	mm->maps_fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	probe_features(mm);

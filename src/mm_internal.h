@@ -73,6 +73,7 @@ struct uhmm_mm {
 	uint64_t uffd_features;
 	unsigned int spin_usec;
 	unsigned int fault_around;	/* pages */
+	bool frames;			/* UHMM_MM_FRAMES */
 	unsigned int nr_handlers;
 	pthread_t *handlers;
 	atomic_bool stop;

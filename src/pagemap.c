@@ -27,17 +27,22 @@
  * The pagemap refcount is split in two: references from
  * uhmm_get_dev_pagemap() live in per-thread-shard counters (gets[]), so
  * get/put from several threads do not bounce one cache line; the base
- * reference and one reference per page with refcount > 0 live in priv->ref
- * under priv->lock (the allocator takes that lock anyway). A get increments
- * first and checks dying second; memunmap sets dying first and reads the
- * counters second (both seq_cst), so either the get fails or teardown sees
- * it. Once dying, every put wakes the teardown thread through priv->lock.
+ * reference and one reference per page with refcount > 0 live in priv->ref,
+ * changed under priv->lock (the allocator takes that lock anyway).
+ * Teardown sets PM_GETS_DYING in every shard word with an atomic OR, so the
+ * RMW of each get or put tells it, atomically, whether teardown has begun:
+ * a get that sees the bit backs out; a put that sees it wakes the teardown
+ * thread. Wakeups go through one process-global condvar (pm_drain_cv), never
+ * through priv, so a put touches nothing of the pagemap after its decrement
+ * and needs no read section: one atomic RMW.
  */
 
 #define PM_NSHARDS 32		/* reader and get-ref shards (threads map to one each) */
 #define PM_CACHELINE 64
 #define PM_NONE UINT64_MAX
 #define PM_MAX_PAGES (1ULL << 36) /* 256 TiB of device memory per pagemap */
+#define PM_GETS_DYING (1L << 62)	/* in each gets[] word: teardown started */
+#define PM_GETS_COUNT (PM_GETS_DYING - 1)
 
 /* ---------------------------------------------------------------------- */
 /* Thread shards and read-side critical sections                          */
@@ -137,20 +142,16 @@ struct uhmm_pagemap_priv {
 	bool base_dropped;			/* the unmapping thread's: base ref gone */
 	atomic_bool dying;			/* written under lock, read anywhere */
 
-	/*
-	 * lock protects: bm, bm_sum, sum_hint, ref, writes of nr_free and of
-	 * dying, and page flags; teardown waits on drained under it.
-	 */
+	/* lock protects: bm, bm_sum, sum_hint, writes of ref, nr_free and dying, page flags */
 	pthread_mutex_t lock;
-	pthread_cond_t drained;
-	long ref;				/* base ref + pages with refcount > 0 */
+	atomic_long ref;			/* base ref + pages with refcount > 0 */
 	_Atomic uint64_t nr_free;
 	uint64_t *bm;				/* one bit per page, set = free */
 	uint64_t *bm_sum;			/* bit w set iff bm[w] != 0 */
 	size_t nr_sum;
 	size_t sum_hint;			/* bm_sum words below it are all 0 */
 
-	struct pm_count gets[PM_NSHARDS];	/* uhmm_get_dev_pagemap refs, per shard */
+	struct pm_count gets[PM_NSHARDS];	/* get refs per shard, | PM_GETS_DYING */
 };
 
 struct pm_ent {
@@ -171,6 +172,9 @@ static pthread_cond_t pm_unmap_cv = PTHREAD_COND_INITIALIZER; /* an unmap call e
 static struct uhmm_pagemap_priv *pm_list;
 static _Atomic(struct pm_snap *) pm_published; /* NULL when empty */
 static _Atomic(uhmm_pagemap_evict_fn) pm_evict_hook;
+/* Teardown waits on pm_drain_cv; puts on dying pagemaps broadcast it under the lock. */
+static pthread_mutex_t pm_drain_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pm_drain_cv = PTHREAD_COND_INITIALIZER;
 
 static inline struct uhmm_pagemap_priv *pm_priv(const struct uhmm_pagemap *pgmap)
 {
@@ -248,40 +252,49 @@ static long pm_gets_sum(struct uhmm_pagemap_priv *priv)
 	long sum = 0;
 
 	for (unsigned s = 0; s < PM_NSHARDS; s++)
-		sum += atomic_load(&priv->gets[s].nr);
+		sum += atomic_load(&priv->gets[s].nr) & PM_GETS_COUNT;
 	return sum;
 }
 
 /*
- * Drop one get reference, preferring this thread's shard; a reference taken
- * on another thread is found in its shard. Never makes a counter negative:
- * false when no reference is held at all.
+ * Drop one get reference from shard @s. Returns the shard word before the
+ * decrement (its PM_GETS_DYING bit says whether to wake teardown), or -1 if
+ * the shard holds none: counters never go negative.
  */
-static bool pm_gets_put(struct uhmm_pagemap_priv *priv, unsigned shard)
+static inline long pm_gets_dec(struct uhmm_pagemap_priv *priv, unsigned s)
 {
-	for (unsigned i = 0; i < PM_NSHARDS; i++) {
-		atomic_long *c = &priv->gets[(shard + i) % PM_NSHARDS].nr;
-		long v = atomic_load_explicit(c, memory_order_relaxed);
+	atomic_long *c = &priv->gets[s].nr;
+	long v = atomic_load_explicit(c, memory_order_relaxed);
 
-		while (v > 0)
-			if (atomic_compare_exchange_weak(c, &v, v - 1))
-				return true;
-	}
-	return false;
+	while (v & PM_GETS_COUNT)
+		if (atomic_compare_exchange_weak(c, &v, v - 1))
+			return v;
+	return -1;
 }
 
-static bool pm_drained_locked(struct uhmm_pagemap_priv *priv)
+/* As pm_gets_dec, trying this thread's shard first, then every other. */
+static long pm_gets_put(struct uhmm_pagemap_priv *priv, unsigned shard)
 {
-	uhmm_lockdep_assert_held(&priv->lock);
-	return priv->ref == 0 && pm_gets_sum(priv) == 0;
+	for (unsigned i = 0; i < PM_NSHARDS; i++) {
+		long v = pm_gets_dec(priv, (shard + i) % PM_NSHARDS);
+
+		if (v >= 0)
+			return v;
+	}
+	return -1;
+}
+
+static bool pm_drained(struct uhmm_pagemap_priv *priv)
+{
+	return atomic_load(&priv->ref) == 0 && pm_gets_sum(priv) == 0;
 }
 
 /* A reference went away from a dying pagemap: let teardown re-check. */
-static void pm_wake(struct uhmm_pagemap_priv *priv)
+static void pm_wake(void)
 {
-	pthread_mutex_lock(&priv->lock);
-	pthread_cond_broadcast(&priv->drained);
-	pthread_mutex_unlock(&priv->lock);
+	pthread_mutex_lock(&pm_drain_lock);
+	pthread_cond_broadcast(&pm_drain_cv);
+	pthread_mutex_unlock(&pm_drain_lock);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -428,7 +441,6 @@ static void pm_priv_free(struct uhmm_pagemap_priv *priv)
 	free(priv->bm);
 	free(priv->first);
 	free(priv->ranges);
-	pthread_cond_destroy(&priv->drained);
 	pthread_mutex_destroy(&priv->lock);
 	free(priv);
 }
@@ -439,17 +451,12 @@ static int pm_priv_create(struct uhmm_pagemap *pgmap, uint64_t nr_pages,
 {
 	struct uhmm_pagemap_priv *priv;
 	size_t nr_words = (nr_pages + 63) / 64;
-	pthread_condattr_t ca;
 	uint64_t idx = 0;
 
 	priv = aligned_alloc(PM_CACHELINE, sizeof(*priv));
 	if (!priv)
 		return -ENOMEM;
 	memset(priv, 0, sizeof(*priv));
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&priv->drained, &ca);
-	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&priv->lock, NULL);
 	priv->pgmap = pgmap;
 	priv->ops = pgmap->ops;
@@ -457,7 +464,7 @@ static int pm_priv_create(struct uhmm_pagemap *pgmap, uint64_t nr_pages,
 	priv->nr_range = pgmap->nr_range;
 	priv->nr_pages = nr_pages;
 	priv->base = pgmap->base;
-	priv->ref = 1;				/* the base reference */
+	atomic_init(&priv->ref, 1);		/* the base reference */
 	priv->nr_sum = (nr_words + 63) / 64;
 	priv->ranges = malloc(pgmap->nr_range * sizeof(*priv->ranges));
 	priv->first = malloc((pgmap->nr_range + 1) * sizeof(*priv->first));
@@ -620,12 +627,10 @@ err_priv:
 
 /* Wait on @cv until the absolute monotonic @deadline (NULL: forever). */
 static int pm_cond_wait(pthread_cond_t *cv, pthread_mutex_t *m,
-			const struct timespec *deadline, bool monotonic_attr)
+			const struct timespec *deadline)
 {
 	if (!deadline)
 		return pthread_cond_wait(cv, m);
-	if (monotonic_attr)
-		return pthread_cond_timedwait(cv, m, deadline);
 	return pthread_cond_clockwait(cv, m, CLOCK_MONOTONIC, deadline);
 }
 
@@ -668,7 +673,7 @@ static int pm_memunmap(struct uhmm_pagemap *pgmap, const struct timespec *deadli
 		if (!priv->unmapping)
 			break;
 		/* Another thread is tearing it down: wait for its verdict. */
-		if (pm_cond_wait(&pm_unmap_cv, &pm_lock, deadline, false) == ETIMEDOUT) {
+		if (pm_cond_wait(&pm_unmap_cv, &pm_lock, deadline) == ETIMEDOUT) {
 			pthread_mutex_unlock(&pm_lock);
 			return -EBUSY;
 		}
@@ -679,6 +684,9 @@ static int pm_memunmap(struct uhmm_pagemap *pgmap, const struct timespec *deadli
 	pthread_mutex_lock(&priv->lock);
 	atomic_store(&priv->dying, true);
 	pthread_mutex_unlock(&priv->lock);
+	/* From each shard's next RMW on, gets fail and puts wake us. */
+	for (unsigned s = 0; s < PM_NSHARDS; s++)
+		atomic_fetch_or(&priv->gets[s].nr, PM_GETS_DYING);
 
 	evict = atomic_load(&pm_evict_hook);
 	if (evict && (priv->type == UHMM_PAGEMAP_PRIVATE ||
@@ -690,19 +698,21 @@ static int pm_memunmap(struct uhmm_pagemap *pgmap, const struct timespec *deadli
 				 (void *)pgmap, ret);
 	}
 
-	pthread_mutex_lock(&priv->lock);
 	if (!priv->base_dropped) {
 		priv->base_dropped = true;
-		priv->ref--;
+		pthread_mutex_lock(&priv->lock);
+		atomic_fetch_sub(&priv->ref, 1);
+		pthread_mutex_unlock(&priv->lock);
 	}
-	while (!pm_drained_locked(priv)) {
-		if (pm_cond_wait(&priv->drained, &priv->lock, deadline, true) == ETIMEDOUT &&
-		    !pm_drained_locked(priv)) {
+	pthread_mutex_lock(&pm_drain_lock);
+	while (!pm_drained(priv)) {
+		if (pm_cond_wait(&pm_drain_cv, &pm_drain_lock, deadline) == ETIMEDOUT &&
+		    !pm_drained(priv)) {
 			busy = true;
 			break;
 		}
 	}
-	pthread_mutex_unlock(&priv->lock);
+	pthread_mutex_unlock(&pm_drain_lock);
 
 	pthread_mutex_lock(&pm_lock);
 	if (busy)
@@ -812,11 +822,10 @@ int uhmm_get_dev_pagemap(uint64_t pfn, struct uhmm_pagemap **out)
 		ret = -ENXIO;
 		goto out;
 	}
-	/* Increment, then check dying: pairs with memunmap (see top). */
-	atomic_fetch_add(&priv->gets[tok >> 1].nr, 1);
-	if (atomic_load(&priv->dying)) {
+	/* The increment itself tells whether teardown has begun (see top). */
+	if (atomic_fetch_add(&priv->gets[tok >> 1].nr, 1) & PM_GETS_DYING) {
 		pm_gets_put(priv, tok >> 1);
-		pm_wake(priv);
+		pm_wake();
 		ret = -ENXIO;
 		goto out;
 	}
@@ -830,19 +839,30 @@ int uhmm_put_dev_pagemap(struct uhmm_pagemap *pgmap)
 {
 	struct uhmm_pagemap_priv *priv;
 	unsigned tok;
-	int ret = 0;
+	long v;
 
 	if (!pgmap)
 		return -EINVAL;
-	/* The read section keeps priv alive for the wake after the decrement. */
-	tok = pm_read_lock();
+	/*
+	 * Fast path: the caller's reference keeps priv alive up to our
+	 * decrement, and nothing of priv is touched after it.
+	 */
 	priv = pm_priv(pgmap);
-	if (!priv || !pm_gets_put(priv, tok >> 1))
-		ret = -EINVAL;
-	else if (atomic_load(&priv->dying))
-		pm_wake(priv);
-	pm_read_unlock(tok);
-	return ret;
+	if (!priv)
+		return -EINVAL;
+	v = pm_gets_dec(priv, pm_shard());
+	if (v < 0) {
+		/* Not in our shard: taken on another thread, or never taken. */
+		tok = pm_read_lock();
+		priv = pm_priv(pgmap);
+		v = priv ? pm_gets_put(priv, tok >> 1) : -1;
+		pm_read_unlock(tok);
+		if (v < 0)
+			return -EINVAL;
+	}
+	if (v & PM_GETS_DYING)
+		pm_wake();
+	return 0;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -868,6 +888,7 @@ int uhmm_page_put(struct uhmm_page *page)
 	struct uhmm_pagemap_priv *priv;
 	unsigned int flags;
 	unsigned tok;
+	bool dying;
 	long r;
 
 	if (!page)
@@ -892,12 +913,13 @@ int uhmm_page_put(struct uhmm_page *page)
 				 __ATOMIC_RELAXED);
 		pm_bm_free_locked(priv, (uint64_t)(page - priv->pages));
 		atomic_fetch_add(&priv->nr_free, 1);
-		priv->ref--;
+		atomic_fetch_sub(&priv->ref, 1);
 	}
-	if (atomic_load_explicit(&priv->dying, memory_order_relaxed))
-		pthread_cond_broadcast(&priv->drained);
+	dying = atomic_load_explicit(&priv->dying, memory_order_relaxed);
 	pthread_mutex_unlock(&priv->lock);
 	pm_read_unlock(tok);
+	if (dying)
+		pm_wake();
 	return 0;
 }
 
@@ -971,7 +993,7 @@ int uhmm_pagemap_alloc_pages(struct uhmm_pagemap *pgmap, uint64_t n,
 	else
 		pm_alloc_any_locked(priv, n, pages);
 	if (!ret) {
-		priv->ref += (long)n;
+		atomic_fetch_add(&priv->ref, (long)n);
 		atomic_fetch_sub(&priv->nr_free, n);
 	}
 	pthread_mutex_unlock(&priv->lock);

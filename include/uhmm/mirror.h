@@ -184,8 +184,8 @@ struct uhmm_range {
  * missing pages are populated (writable with REQ_WRITE) and a device-private
  * page of another owner is migrated back to RAM first. Output: VALID, WRITE,
  * ERROR, ZERO, the map order (0 for 4 KiB, 9 for 2 MiB, 18 for 1 GiB) and
- * the frame: the physical pfn when /proc/self/pagemap shows it (else 0; use
- * the virtual address), or the device pfn with UHMM_PFN_DEVICE for a
+ * the frame: the physical pfn when the mm was opened with UHMM_MM_FRAMES and
+ * /proc/self/pagemap shows it (else 0; use the virtual address), or the device pfn with UHMM_PFN_DEVICE for a
  * device-private page of dev_private_owner (never faulted).
  * Context: any thread except a handler thread or a notifier callback; may block.
  * Return: 0 on success, or

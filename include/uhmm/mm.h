@@ -52,7 +52,16 @@ struct uhmm_mm_opts {
 	unsigned int spin_usec;
 	/* Pages filled per first-touch fault (power of two, 1..512; 0 = 512). */
 	unsigned int fault_around_pages;
+	unsigned int flags;		/* UHMM_MM_* */
 };
+
+/*
+ * uhmm_range_fault() reports physical frames (read from /proc/self/pagemap,
+ * visible to CAP_SYS_ADMIN only). Off by default: that read makes a snapshot
+ * about 5x slower than PAGEMAP_SCAN alone, and a device in user space uses
+ * virtual addresses anyway; without it the frame of a system page is 0.
+ */
+#define UHMM_MM_FRAMES (1U << 0)
 
 /* Counters, read with uhmm_mm_stat(). */
 struct uhmm_mm_stat {
@@ -74,7 +83,7 @@ struct uhmm_mm_stat {
  * kernel features (UFFDIO_MOVE, PAGEMAP_SCAN, PROCMAP_QUERY) and starts the
  * handler thread(s).
  * Context: any thread; not async-signal-safe.
- * Return: 0, or -EINVAL bad opts; -ENOSYS/-EPERM no usable userfaultfd;
+ * Return: 0, or -EINVAL bad opts or unknown flags; -ENOSYS/-EPERM no usable userfaultfd;
  *   -EOPNOTSUPP a required feature is missing; -ENOMEM; -EAGAIN no thread.
  */
 UHMM_API int uhmm_mm_open(struct uhmm_mm **out, const struct uhmm_mm_opts *opts);

@@ -1,0 +1,351 @@
+// SPDX-License-Identifier: MIT
+/* bench/migrate.c - CPU fault-back latency of device-private pages against a
+ * bare userfaultfd round trip measured in the same run, migrate-to-device
+ * bandwidth against memcpy, and fault throughput with 1 and 2 threads. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <uhmm/mm.h>
+#include <uhmm/sim.h>
+#include "bench_util.h"
+
+#define PG 4096UL
+#define LAT_PAGES 2048			/* faults per latency sample */
+#define BW_PAGES 8192			/* 32 MiB per bandwidth sample */
+
+static int reps;
+
+/* ---------------------------------------------------------------------- */
+/* bare userfaultfd baselines                                              */
+
+static int uffd_new(uint64_t features)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = features };
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+
+	if (fd < 0) {
+		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+
+		if (dev < 0)
+			return -1;
+		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC);
+		close(dev);
+		if (fd < 0)
+			return -1;
+	}
+	if (ioctl(fd, UFFDIO_API, &api)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int uffd_reg(int fd, void *p, size_t len)
+{
+	struct uffdio_register r = {
+		.range = { (uint64_t)(uintptr_t)p, len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+
+	return ioctl(fd, UFFDIO_REGISTER, &r);
+}
+
+static void *src_page;			/* data every baseline fault copies */
+static int sigbus_fd;
+
+static void sigbus_handler(int sig, siginfo_t *si, void *uc)
+{
+	struct uffdio_copy c = {
+		.dst = (uint64_t)(uintptr_t)si->si_addr & ~(PG - 1),
+		.src = (uint64_t)(uintptr_t)src_page,
+		.len = PG,
+	};
+
+	(void)sig;
+	(void)uc;
+	if (ioctl(sigbus_fd, UFFDIO_COPY, &c) && errno != EEXIST)
+		abort();
+}
+
+static void touch_all(char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		(void)*(volatile char *)(p + i * PG);
+}
+
+/* MISSING fault resolved by UFFDIO_COPY in the faulting thread (SIGBUS mode). */
+static double bare_sigbus_ns(void)
+{
+	struct sigaction sa = { .sa_sigaction = sigbus_handler, .sa_flags = SA_SIGINFO }, old;
+	size_t len = LAT_PAGES * PG;
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	double v[64];
+
+	sigbus_fd = uffd_new(UFFD_FEATURE_SIGBUS);
+	if (sigbus_fd < 0 || p == MAP_FAILED || uffd_reg(sigbus_fd, p, len))
+		return -1;
+	sigaction(SIGBUS, &sa, &old);
+	for (int r = 0; r < reps; r++) {
+		uint64_t t0;
+
+		madvise(p, len, MADV_DONTNEED);
+		t0 = bench_now_ns();
+		touch_all(p, LAT_PAGES);
+		v[r] = (double)(bench_now_ns() - t0) / LAT_PAGES;
+	}
+	sigaction(SIGBUS, &old, NULL);
+	close(sigbus_fd);
+	munmap(p, len);
+	return bench_median(v, reps);
+}
+
+struct blocked {
+	int fd;
+	atomic_bool stop;
+};
+
+static void *blocked_main(void *arg)
+{
+	struct blocked *b = arg;
+	struct uffd_msg msg;
+
+	while (!atomic_load(&b->stop)) {
+		struct pollfd pf = { .fd = b->fd, .events = POLLIN };
+
+		if (poll(&pf, 1, 10) <= 0)
+			continue;
+		if (read(b->fd, &msg, sizeof(msg)) != sizeof(msg) ||
+		    msg.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		struct uffdio_copy c = {
+			.dst = msg.arg.pagefault.address & ~(PG - 1),
+			.src = (uint64_t)(uintptr_t)src_page,
+			.len = PG,
+		};
+		ioctl(b->fd, UFFDIO_COPY, &c);
+	}
+	return NULL;
+}
+
+/* Same fault served by a handler thread blocked in poll (it must be woken). */
+static double bare_thread_ns(void)
+{
+	size_t len = LAT_PAGES * PG;
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct blocked b = { .fd = uffd_new(0) };
+	pthread_t th;
+	double v[64];
+
+	if (b.fd < 0 || p == MAP_FAILED || uffd_reg(b.fd, p, len))
+		return -1;
+	pthread_create(&th, NULL, blocked_main, &b);
+	for (int r = 0; r < reps; r++) {
+		uint64_t t0;
+
+		madvise(p, len, MADV_DONTNEED);
+		t0 = bench_now_ns();
+		touch_all(p, LAT_PAGES);
+		v[r] = (double)(bench_now_ns() - t0) / LAT_PAGES;
+	}
+	atomic_store(&b.stop, true);
+	pthread_join(th, NULL);
+	close(b.fd);
+	munmap(p, len);
+	return bench_median(v, reps);
+}
+
+/* ---------------------------------------------------------------------- */
+/* uhmm                                                                    */
+
+struct env {
+	struct uhmm_mm *mm;
+	struct uhmm_sim *sim;
+	char *p;
+	size_t n;
+};
+
+static int env_open(struct env *e, unsigned int spin, size_t n)
+{
+	UHMM_OPTS(mm_opts, mo, .spin_usec = spin);
+	UHMM_OPTS(sim_opts, so, .mem_type = UHMM_SIM_PRIVATE, .capacity_pages = n);
+	int err;
+
+	e->n = n;
+	err = uhmm_mm_open(&e->mm, &mo);
+	if (!err)
+		err = uhmm_mm_alloc(e->mm, n * PG, 0, (void **)&e->p);
+	if (!err)
+		err = uhmm_sim_create(e->mm, &so, &e->sim);
+	if (!err)
+		memset(e->p, 0x5a, n * PG);
+	return err;
+}
+
+static void env_close(struct env *e)
+{
+	uhmm_sim_destroy(e->sim);
+	uhmm_mm_free(e->mm, e->p, e->n * PG);
+	uhmm_mm_close(e->mm);
+}
+
+/* CPU fault-back latency of one device-private page (one thread reads). */
+static double uhmm_faultback_ns(unsigned int spin)
+{
+	struct env e;
+	double v[64];
+
+	if (env_open(&e, spin, LAT_PAGES))
+		return -1;
+	for (int r = 0; r < reps; r++) {
+		uint64_t t0;
+
+		if (uhmm_sim_migrate_to_dev(e.sim, (uint64_t)(uintptr_t)e.p, LAT_PAGES) !=
+		    LAT_PAGES)
+			return -1;
+		t0 = bench_now_ns();
+		touch_all(e.p, LAT_PAGES);
+		v[r] = (double)(bench_now_ns() - t0) / LAT_PAGES;
+	}
+	env_close(&e);
+	return bench_median(v, reps);
+}
+
+/* migrate_to_dev bandwidth (GB/s) and memcpy of the same size. */
+static void bandwidth(double *mig, double *cpy)
+{
+	struct env e;
+	double v[64], w[64];
+	size_t len = BW_PAGES * PG;
+	char *a = malloc(len), *b = malloc(len);
+
+	*mig = *cpy = -1;
+	if (!a || !b || env_open(&e, 0, BW_PAGES))
+		return;
+	memset(a, 1, len);
+	memset(b, 2, len);
+	for (int r = 0; r < reps; r++) {
+		uint64_t t0 = bench_now_ns();
+		int moved = uhmm_sim_migrate_to_dev(e.sim, (uint64_t)(uintptr_t)e.p, BW_PAGES);
+		uint64_t t1 = bench_now_ns();
+
+		if (moved != BW_PAGES)
+			return;
+		v[r] = (double)len / (double)(t1 - t0);
+		uhmm_sim_migrate_to_sys(e.sim, (uint64_t)(uintptr_t)e.p, BW_PAGES);
+		t0 = bench_now_ns();
+		memcpy(r % 2 ? a : b, r % 2 ? b : a, len);
+		w[r] = (double)len / (double)(bench_now_ns() - t0);
+	}
+	*mig = bench_median(v, reps);
+	*cpy = bench_median(w, reps);
+	env_close(&e);
+	free(a);
+	free(b);
+}
+
+struct toucher {
+	char *p;
+	size_t n;
+	pthread_barrier_t *bar;
+};
+
+static void *toucher_main(void *arg)
+{
+	struct toucher *t = arg;
+
+	pthread_barrier_wait(t->bar);
+	touch_all(t->p, t->n);
+	return NULL;
+}
+
+/* Fault-back throughput (pages/s) with @nthr application threads. */
+static double throughput(unsigned int spin, int nthr)
+{
+	struct env e;
+	double v[64];
+
+	if (env_open(&e, spin, LAT_PAGES))
+		return -1;
+	for (int r = 0; r < reps; r++) {
+		pthread_t th[2];
+		struct toucher t[2];
+		pthread_barrier_t bar;
+		uint64_t t0;
+
+		if (uhmm_sim_migrate_to_dev(e.sim, (uint64_t)(uintptr_t)e.p, LAT_PAGES) !=
+		    LAT_PAGES)
+			return -1;
+		pthread_barrier_init(&bar, NULL, (unsigned int)nthr + 1);
+		for (int i = 0; i < nthr; i++) {
+			t[i] = (struct toucher){ e.p + (size_t)i * (LAT_PAGES / nthr) * PG,
+						 LAT_PAGES / (size_t)nthr, &bar };
+			pthread_create(&th[i], NULL, toucher_main, &t[i]);
+		}
+		pthread_barrier_wait(&bar);
+		t0 = bench_now_ns();
+		for (int i = 0; i < nthr; i++)
+			pthread_join(th[i], NULL);
+		v[r] = LAT_PAGES / ((double)(bench_now_ns() - t0) / 1e9);
+		pthread_barrier_destroy(&bar);
+	}
+	env_close(&e);
+	return bench_median(v, reps);
+}
+
+int main(void)
+{
+	double sig, thr, u0, u200, mig, cpy;
+	double tp[2][2];
+	unsigned int spins[2] = { 0, 200 };
+
+	reps = bench_reps(5);
+	if (reps > 64)
+		reps = 64;
+	src_page = aligned_alloc(PG, PG);
+	memset(src_page, 0x5a, PG);
+	sig = bare_sigbus_ns();
+	thr = bare_thread_ns();
+	u0 = uhmm_faultback_ns(0);
+	u200 = uhmm_faultback_ns(200);
+	bandwidth(&mig, &cpy);
+	for (int s = 0; s < 2; s++)
+		for (int n = 1; n <= 2; n++)
+			tp[s][n - 1] = throughput(spins[s], n);
+
+	printf("bench/migrate: medians of %d reps, 4 KiB pages\n", reps);
+	printf("%-52s %14s %10s\n", "measurement", "value", "ratio");
+	printf("%-52s %11.2f us %10s\n",
+	       "bare uffd MISSING+COPY, SIGBUS mode (in-thread)", sig / 1e3, "1.00x");
+	printf("%-52s %11.2f us %9.2fx\n",
+	       "bare uffd MISSING+COPY, handler thread blocked", thr / 1e3, thr / sig);
+	printf("%-52s %11.2f us %9.2fx\n",
+	       "uhmm fault-back, handler thread blocked (spin 0)", u0 / 1e3, u0 / sig);
+	printf("%-52s %11.2f us %9.2fx\n",
+	       "uhmm fault-back, handler spinning (spin_usec 200)", u200 / 1e3, u200 / sig);
+	printf("%-52s %9.2f GB/s %10s\n", "memcpy 32 MiB", cpy, "1.00x");
+	printf("%-52s %9.2f GB/s %9.2fx\n", "uhmm sim migrate_to_dev 32 MiB (copy path)", mig,
+	       mig / cpy);
+	for (int s = 0; s < 2; s++)
+		for (int n = 1; n <= 2; n++) {
+			char name[80];
+
+			snprintf(name, sizeof(name), "uhmm fault-back throughput, %d thread%s, spin %u",
+				 n, n > 1 ? "s" : "", spins[s]);
+			printf("%-52s %8.0f pg/s %9.2fx\n", name, tp[s][n - 1],
+			       tp[s][n - 1] / tp[s][0]);
+		}
+	printf("target: fault-back <= 1.5x the in-thread baseline; copy path >= 0.9x memcpy\n");
+	return 0;
+}

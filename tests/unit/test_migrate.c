@@ -1,0 +1,849 @@
+// SPDX-License-Identifier: MIT
+/* Unit tests for include/uhmm/migrate.h, driven by a tiny driver defined
+ * here (a PRIVATE pagemap whose memory is a host pool): setup/pages/finalize
+ * in both directions, skipped destinations, CPU fault-back, device eviction,
+ * pagemap teardown with mapped pages, and device-exclusive access. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <check.h>
+#include <uhmm/migrate.h>
+#include <uhmm/mirror.h>
+#include <uhmm/mm.h>
+#include "t_util.h"
+
+#define NP 16
+#define LEN (NP * T_PAGE)
+#define ADDR(p, i) ((uint64_t)(uintptr_t)((uint8_t *)(p) + (size_t)(i) * T_PAGE))
+
+/* ---------------------------------------------------------------------- */
+/* the test driver                                                          */
+
+struct drv {
+	struct uhmm_pagemap pgmap;	/* first: DRV() casts back */
+	struct uhmm_dev_range range;
+	void *pool;
+	uint64_t npages;
+	atomic_int frees;		/* page_free calls */
+	atomic_int to_ram;		/* migrate_to_ram calls */
+	atomic_int to_ram_skip;		/* leave dst empty in migrate_to_ram */
+};
+
+#define DRV(pgmap) ((struct drv *)(void *)(pgmap))
+
+static struct uhmm_mm *mm;
+static struct drv *drv;
+static uint8_t *mem;			/* NP managed anonymous pages */
+
+static void drv_page_free(struct uhmm_page *pg)
+{
+	atomic_fetch_add(&DRV(pg->pgmap)->frees, 1);
+}
+
+static int drv_migrate_to_ram(struct uhmm_fault *f)
+{
+	struct drv *d = DRV(f->page->pgmap);
+	uint64_t src[1], dst[1];
+	struct uhmm_migrate m = {
+		.mm = f->mm, .start = f->addr, .end = f->addr + T_PAGE,
+		.src = src, .dst = dst, .flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+		.pgmap_owner = d, .fault_page = f->page,
+	};
+	int err;
+
+	atomic_fetch_add(&d->to_ram, 1);
+	err = uhmm_migrate_setup(&m);
+	if (err)
+		return err;
+	if ((src[0] & UHMM_MIGRATE_PFN_MIGRATE) && !atomic_load(&d->to_ram_skip)) {
+		struct uhmm_page *pg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(src[0]));
+		void *to = uhmm_migrate_dst_buf(&m, 0);
+
+		if (pg && to) {
+			memcpy(to, uhmm_page_to_virt(pg), T_PAGE);
+			dst[0] = UHMM_MIGRATE_PFN_SYSTEM;
+		}
+	}
+	uhmm_migrate_pages(&m);
+	err = uhmm_migrate_finalize(&m);
+	return err < 0 ? err : 0;
+}
+
+static const struct uhmm_pagemap_ops drv_ops = {
+	.page_free = drv_page_free,
+	.migrate_to_ram = drv_migrate_to_ram,
+};
+
+static struct drv *drv_create(uint64_t npages)
+{
+	struct drv *d = calloc(1, sizeof(*d));
+	uint64_t start;
+
+	ck_assert_ptr_nonnull(d);
+	d->npages = npages;
+	d->pool = t_map_anon(npages * T_PAGE);
+	ck_assert_int_eq(uhmm_request_free_region(NULL, npages * T_PAGE, 0, &start), 0);
+	d->range = (struct uhmm_dev_range){ start, start + npages * T_PAGE };
+	d->pgmap = (struct uhmm_pagemap){
+		.type = UHMM_PAGEMAP_PRIVATE, .ops = &drv_ops, .owner = d,
+		.nr_range = 1, .ranges = &d->range, .base = d->pool,
+	};
+	ck_assert_int_eq(uhmm_memremap_pages(&d->pgmap), 0);
+	return d;
+}
+
+static void drv_destroy(struct drv *d)
+{
+	if (!d)
+		return;
+	if (d->pgmap.priv)
+		uhmm_memunmap_pages(&d->pgmap);
+	uhmm_release_region(NULL, d->range.start);
+	munmap(d->pool, d->npages * T_PAGE);
+	free(d);
+}
+
+/* The fault handler drops its page reference after waking the faulting
+ * thread: give asynchronous page_free calls a moment. */
+static int wait_frees(struct drv *d, int want)
+{
+	for (int i = 0; i < 1000 && atomic_load(&d->frees) < want; i++)
+		usleep(1000);
+	return atomic_load(&d->frees);
+}
+
+static uint64_t first_pfn(struct drv *d)
+{
+	return d->range.start >> 12;
+}
+
+/*
+ * Migrate [addr, addr + n pages) to the driver. skip(i) true leaves dst[i]
+ * empty. Returns finalize's count; *cpages gets setup's.
+ */
+static int drv_to_dev(struct drv *d, void *addr, uint64_t n, uint64_t skip_mask,
+		      uint64_t *cpages)
+{
+	uint64_t *src = calloc(n, 8), *dst = calloc(n, 8);
+	struct uhmm_page **pg = calloc(n, sizeof(*pg));
+	struct uhmm_migrate m = {
+		.mm = mm, .start = (uint64_t)(uintptr_t)addr,
+		.end = (uint64_t)(uintptr_t)addr + n * T_PAGE, .src = src, .dst = dst,
+		.flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = d,
+	};
+	int done;
+
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	if (cpages)
+		*cpages = m.cpages;
+	for (uint64_t i = 0; i < n; i++) {
+		void *from;
+
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE) || (i < 64 && (skip_mask >> i & 1)))
+			continue;
+		ck_assert_int_eq(uhmm_pagemap_alloc_pages(&d->pgmap, 1, 0, &pg[i]), 0);
+		from = uhmm_migrate_src_buf(&m, i);
+		if (from)
+			memcpy(uhmm_page_to_virt(pg[i]), from, T_PAGE);
+		else
+			memset(uhmm_page_to_virt(pg[i]), 0, T_PAGE);
+		dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pg[i]));
+	}
+	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
+	done = uhmm_migrate_finalize(&m);
+	for (uint64_t i = 0; i < n; i++)
+		if (pg[i] && !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			uhmm_page_put(pg[i]);
+	free(src);
+	free(dst);
+	free(pg);
+	return done;
+}
+
+/* Device -> system for the driver's pages of the range; returns finalize's count. */
+static int drv_to_sys(struct drv *d, void *addr, uint64_t n, bool give_dst)
+{
+	uint64_t src[NP], dst[NP];
+	struct uhmm_migrate m = {
+		.mm = mm, .start = (uint64_t)(uintptr_t)addr,
+		.end = (uint64_t)(uintptr_t)addr + n * T_PAGE, .src = src, .dst = dst,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE, .pgmap_owner = d,
+	};
+
+	ck_assert_uint_le(n, NP);
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	for (uint64_t i = 0; i < n && give_dst; i++) {
+		void *to = uhmm_migrate_dst_buf(&m, i);
+
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		ck_assert_ptr_nonnull(to);
+		ck_assert(src[i] & UHMM_MIGRATE_PFN_DEVICE);
+		memcpy(to, uhmm_page_to_virt(uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(src[i]))),
+		       T_PAGE);
+		dst[i] = UHMM_MIGRATE_PFN_SYSTEM;
+	}
+	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
+	return uhmm_migrate_finalize(&m);
+}
+
+/* Notifier that records events. */
+struct rec {
+	struct uhmm_interval_notifier n;
+	pthread_mutex_t lock;
+	int nev;
+	enum uhmm_event ev[256];
+	void *owner[256];
+};
+
+static bool rec_invalidate(struct uhmm_interval_notifier *sub,
+			   const struct uhmm_notifier_range *r, unsigned long seq)
+{
+	struct rec *x = (struct rec *)(void *)sub;
+
+	pthread_mutex_lock(&x->lock);
+	uhmm_interval_set_seq(sub, seq);
+	if (x->nev < 256) {
+		x->ev[x->nev] = r->event;
+		x->owner[x->nev++] = r->owner;
+	}
+	pthread_mutex_unlock(&x->lock);
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops rec_ops = { .invalidate = rec_invalidate };
+
+static struct rec *rec_new(void *p, size_t len)
+{
+	struct rec *x = calloc(1, sizeof(*x));
+
+	pthread_mutex_init(&x->lock, NULL);
+	ck_assert_int_eq(uhmm_interval_notifier_insert(&x->n, mm, (uint64_t)(uintptr_t)p,
+						       len, &rec_ops), 0);
+	return x;
+}
+
+static bool rec_has(struct rec *x, enum uhmm_event ev, void *owner)
+{
+	bool hit = false;
+
+	pthread_mutex_lock(&x->lock);
+	for (int i = 0; i < x->nev; i++)
+		hit |= x->ev[i] == ev && x->owner[i] == owner;
+	pthread_mutex_unlock(&x->lock);
+	return hit;
+}
+
+static void rec_free(struct rec *x)
+{
+	ck_assert_int_eq(uhmm_interval_notifier_remove(&x->n), 0);
+	free(x);
+}
+
+static uint8_t *map_managed(size_t len)
+{
+	uint8_t *p = t_map_anon(len);
+
+	ck_assert_int_eq(uhmm_mm_manage(mm, p, len), 0);
+	return p;
+}
+
+static void setup(void)
+{
+	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
+	mem = map_managed(LEN);
+	drv = drv_create(64);
+}
+
+static void teardown(void)
+{
+	drv_destroy(drv);
+	drv = NULL;
+	uhmm_mm_close(mm);
+	mm = NULL;
+	munmap(mem, LEN);
+}
+
+/* ---------------------------------------------------------------------- */
+/* uhmm_migrate_setup                                                       */
+
+/* Every documented bad argument is -EINVAL. */
+START_TEST(setup_bad_args_einval)
+{
+	uint64_t src[NP], dst[NP];
+	uint8_t *plain = t_map_anon(LEN);
+	struct uhmm_page fake = { .refcount = 1 };
+	struct uhmm_migrate ok = {
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, NP), .src = src,
+		.dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = drv,
+	};
+	struct uhmm_migrate m;
+
+	ck_assert_int_eq(uhmm_migrate_setup(NULL), -EINVAL);
+	m = ok; m.mm = NULL;
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m = ok; m.src = NULL;
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m = ok; m.dst = NULL;
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m = ok; m.end = m.start;			/* npages 0 */
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m = ok; m.end = m.start - T_PAGE;		/* reversed */
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m = ok; m.start += 1;
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m = ok; m.end -= 1;
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m = ok; m.flags = 0;
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m = ok; m.flags |= 1U << 7;			/* unknown flag */
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m = ok; m.start = ADDR(plain, 0); m.end = ADDR(plain, NP);	/* unmanaged */
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m = ok; m.end = ADDR(mem, NP + 1);		/* runs past managed memory */
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m = ok; m.fault_page = &fake;			/* not a device page */
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	munmap(plain, LEN);
+	/* nothing was left isolated: the memory still works */
+	t_fill_pattern(mem, LEN, 1);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 1), -1);
+}
+END_TEST
+
+/* System pages are collected writable with data; a MIGRATE invalidation
+ * carrying pgmap_owner is sent; leaving dst empty restores them. */
+START_TEST(setup_collects_system_pages)
+{
+	uint64_t src[NP], dst[NP];
+	struct rec *r = rec_new(mem, LEN);
+	struct uhmm_migrate m = {
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, NP), .src = src,
+		.dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = drv,
+	};
+
+	t_fill_pattern(mem, LEN, 2);
+	memset(src, 0xff, sizeof(src));
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_uint_eq(m.npages, NP);
+	ck_assert_uint_eq(m.cpages, NP);
+	ck_assert(rec_has(r, UHMM_EVENT_MIGRATE, drv));
+	for (int i = 0; i < NP; i++) {
+		ck_assert_uint_eq(src[i], UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_VALID |
+					  UHMM_MIGRATE_PFN_WRITE);
+		ck_assert_uint_eq(dst[i], 0);
+		ck_assert_ptr_nonnull(uhmm_migrate_src_buf(&m, (uint64_t)i));
+		ck_assert_int_eq(t_check_pattern(uhmm_migrate_src_buf(&m, (uint64_t)i), T_PAGE,
+						 2 + (uint64_t)i * T_PAGE / 8), -1);
+	}
+	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 2), -1);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), 0);
+	rec_free(r);
+}
+END_TEST
+
+/* Never-touched pages are collected without VALID (no data to copy). */
+START_TEST(setup_untouched_pages_have_no_data)
+{
+	uint64_t src[NP], dst[NP];
+	struct uhmm_migrate m = {
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, NP), .src = src,
+		.dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = drv,
+	};
+
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_uint_eq(m.cpages, NP);
+	for (int i = 0; i < NP; i++) {
+		ck_assert_uint_eq(src[i] & (UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_VALID),
+				  UHMM_MIGRATE_PFN_MIGRATE);
+		ck_assert_ptr_null(uhmm_migrate_src_buf(&m, (uint64_t)i));
+	}
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	for (size_t i = 0; i < LEN; i++)
+		ck_assert_uint_eq(mem[i], 0);
+}
+END_TEST
+
+/* memfd (shared) memory, read-only memory and other owners' device pages
+ * are not collected. */
+START_TEST(setup_skips_shared_readonly_and_foreign)
+{
+	uint64_t src[4], dst[4];
+	int fd = memfd_create("mig", MFD_CLOEXEC);
+	uint8_t *p;
+	struct uhmm_migrate m = {
+		.mm = mm, .src = src, .dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM,
+		.pgmap_owner = drv,
+	};
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, 4 * T_PAGE), 0);
+	p = mmap(NULL, 4 * T_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ck_assert_ptr_ne(p, MAP_FAILED);
+	ck_assert_int_eq(uhmm_mm_manage(mm, p, 4 * T_PAGE), 0);
+	t_fill_pattern(p, 4 * T_PAGE, 3);
+	m.start = ADDR(p, 0);
+	m.end = ADDR(p, 4);
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_uint_eq(m.cpages, 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	ck_assert_int_eq(t_check_pattern(p, 4 * T_PAGE, 3), -1);
+
+	/* read-only */
+	t_fill_pattern(mem, LEN, 4);
+	ck_assert_int_eq(uhmm_mprotect(mem, 4 * T_PAGE, PROT_READ), 0);
+	m.start = ADDR(mem, 0);
+	m.end = ADDR(mem, 4);
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_uint_eq(m.cpages, 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 4), -1);
+
+	/* device pages of drv, selected by another owner */
+	ck_assert_int_eq(drv_to_dev(drv, mem + 4 * T_PAGE, 4, 0, NULL), 4);
+	m.start = ADDR(mem, 4);
+	m.end = ADDR(mem, 8);
+	m.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE | UHMM_MIGRATE_SELECT_SYSTEM;
+	m.pgmap_owner = &m;
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_uint_eq(m.cpages, 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), 0);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 4), -1);
+	munmap(p, 4 * T_PAGE);
+	close(fd);
+}
+END_TEST
+
+struct writer {
+	volatile uint8_t *p;
+	atomic_int done;
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+
+	w->p[100] = 0xAB;
+	atomic_store(&w->done, 1);
+	return NULL;
+}
+
+/* A CPU write to an isolated page waits for finalize and then lands on the
+ * migrated data (nothing torn, nothing lost). */
+START_TEST(setup_isolates_cpu_writer_waits)
+{
+	uint64_t src[NP], dst[NP];
+	struct uhmm_page *pg[NP];
+	struct uhmm_migrate m = {
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, NP), .src = src,
+		.dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = drv,
+	};
+	struct writer w = { .p = mem + 3 * T_PAGE };
+	pthread_t th;
+
+	t_fill_pattern(mem, LEN, 5);
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_int_eq(pthread_create(&th, NULL, writer_main, &w), 0);
+	usleep(50000);
+	ck_assert_int_eq(atomic_load(&w.done), 0);	/* blocked on the isolated page */
+	ck_assert_int_eq(uhmm_pagemap_alloc_pages(&drv->pgmap, NP, 0, pg), 0);
+	for (int i = 0; i < NP; i++) {
+		memcpy(uhmm_page_to_virt(pg[i]), uhmm_migrate_src_buf(&m, (uint64_t)i), T_PAGE);
+		dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pg[i]));
+	}
+	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), NP);
+	pthread_join(th, NULL);
+	ck_assert_uint_eq(mem[3 * T_PAGE + 100], 0xAB);
+	mem[3 * T_PAGE + 100] = 0;
+	{
+		uint8_t ref[T_PAGE];
+
+		t_fill_pattern(ref, T_PAGE, 5 + 3 * T_PAGE / 8);
+		ref[100] = 0;
+		ck_assert_int_eq(memcmp(mem + 3 * T_PAGE, ref, T_PAGE), 0);
+	}
+	ck_assert_int_eq(t_check_pattern(mem, 3 * T_PAGE, 5), -1);
+	ck_assert_int_eq(t_check_pattern(mem + 4 * T_PAGE, LEN - 4 * T_PAGE,
+					 5 + 4 * T_PAGE / 8), -1);
+}
+END_TEST
+
+/* ---------------------------------------------------------------------- */
+/* uhmm_migrate_src_buf / uhmm_migrate_dst_buf                              */
+
+/* Out-of-range index, NULL, and no setup give NULL. */
+START_TEST(bufs_bad_args_null)
+{
+	uint64_t src[NP], dst[NP];
+	struct uhmm_migrate m = {
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, NP), .src = src,
+		.dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = drv,
+	};
+
+	ck_assert_ptr_null(uhmm_migrate_src_buf(NULL, 0));
+	ck_assert_ptr_null(uhmm_migrate_dst_buf(NULL, 0));
+	ck_assert_ptr_null(uhmm_migrate_src_buf(&m, 0));	/* not set up */
+	ck_assert_ptr_null(uhmm_migrate_dst_buf(&m, 0));
+	mem[0] = 1;
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_ptr_nonnull(uhmm_migrate_src_buf(&m, 0));
+	ck_assert_ptr_null(uhmm_migrate_src_buf(&m, NP));
+	ck_assert_ptr_null(uhmm_migrate_dst_buf(&m, NP));
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	ck_assert_uint_eq(mem[0], 1);
+}
+END_TEST
+
+/* Device sources have a dst buffer and no src buffer. */
+START_TEST(bufs_device_source_has_dst_buf)
+{
+	uint64_t src[NP], dst[NP];
+	struct uhmm_migrate m = {
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, NP), .src = src,
+		.dst = dst, .flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE, .pgmap_owner = drv,
+	};
+
+	t_fill_pattern(mem, LEN, 6);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_uint_eq(m.cpages, NP);
+	for (int i = 0; i < NP; i++) {
+		ck_assert(src[i] & UHMM_MIGRATE_PFN_DEVICE);
+		ck_assert(src[i] & UHMM_MIGRATE_PFN_WRITE);
+		ck_assert_ptr_nonnull(uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(src[i])));
+		ck_assert_ptr_null(uhmm_migrate_src_buf(&m, (uint64_t)i));
+		ck_assert_ptr_nonnull(uhmm_migrate_dst_buf(&m, (uint64_t)i));
+	}
+	/* no dst: pages stay on the device */
+	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	ck_assert_int_eq(atomic_load(&drv->frees), 0);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 6), -1);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), NP);
+}
+END_TEST
+
+/* ---------------------------------------------------------------------- */
+/* uhmm_migrate_pages                                                       */
+
+/* NULL or a migrate that was not set up is -EINVAL. */
+START_TEST(pages_bad_args_einval)
+{
+	struct uhmm_migrate m = { 0 };
+
+	ck_assert_int_eq(uhmm_migrate_pages(NULL), -EINVAL);
+	ck_assert_int_eq(uhmm_migrate_pages(&m), -EINVAL);
+}
+END_TEST
+
+/* A dst device pfn with no page is -EINVAL; that entry stays in RAM. */
+START_TEST(pages_unknown_device_pfn_dropped)
+{
+	uint64_t src[NP], dst[NP];
+	struct uhmm_page *pg;
+	struct uhmm_migrate m = {
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, 2), .src = src,
+		.dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = drv,
+	};
+
+	t_fill_pattern(mem, LEN, 7);
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_int_eq(uhmm_pagemap_alloc_pages(&drv->pgmap, 1, 0, &pg), 0);
+	memcpy(uhmm_page_to_virt(pg), uhmm_migrate_src_buf(&m, 0), T_PAGE);
+	dst[0] = uhmm_migrate_pfn(uhmm_page_to_pfn(pg));
+	dst[1] = uhmm_migrate_pfn(1);		/* no such device page */
+	ck_assert_int_eq(uhmm_migrate_pages(&m), -EINVAL);
+	ck_assert(src[0] & UHMM_MIGRATE_PFN_MIGRATE);
+	ck_assert(!(src[1] & UHMM_MIGRATE_PFN_MIGRATE));
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 1);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 7), -1);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), 1);
+}
+END_TEST
+
+/* ---------------------------------------------------------------------- */
+/* uhmm_migrate_finalize                                                    */
+
+/* NULL, not set up, or a second finalize is -EINVAL. */
+START_TEST(finalize_bad_args_einval)
+{
+	uint64_t src[NP], dst[NP];
+	struct uhmm_migrate m = {
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, NP), .src = src,
+		.dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = drv,
+	};
+
+	ck_assert_int_eq(uhmm_migrate_finalize(NULL), -EINVAL);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), -EINVAL);
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), -EINVAL);
+}
+END_TEST
+
+/* All pages to the device; CPU reads fault each back through migrate_to_ram. */
+START_TEST(finalize_to_device_then_cpu_faults_back)
+{
+	uint64_t cp = 0;
+
+	t_fill_pattern(mem, LEN, 8);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, &cp), NP);
+	ck_assert_uint_eq(cp, NP);
+	ck_assert_int_eq(uhmm_pagemap_nr_free(&drv->pgmap), 64 - NP);
+	ck_assert_uint_eq(t_resident_pages(mem, LEN), 0);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 8), -1);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), NP);
+	ck_assert_int_eq(wait_frees(drv, NP), NP);
+	ck_assert_int_eq(uhmm_pagemap_nr_free(&drv->pgmap), 64);
+}
+END_TEST
+
+/* Half the destinations left empty: those pages stay in RAM. */
+START_TEST(finalize_partial_dst)
+{
+	t_fill_pattern(mem, LEN, 9);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0x5555, NULL), NP / 2);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 9), -1);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), NP / 2);
+}
+END_TEST
+
+/* Device -> system driven by the driver: all pages back, device pages freed. */
+START_TEST(finalize_device_to_system)
+{
+	t_fill_pattern(mem, LEN, 10);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	ck_assert_int_eq(drv_to_sys(drv, mem, NP, true), NP);
+	ck_assert_int_eq(atomic_load(&drv->frees), NP);
+	ck_assert_uint_eq(t_resident_pages(mem, LEN), NP);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 10), -1);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), 0);
+}
+END_TEST
+
+/* CPU write on a device page: data = device copy + the write. */
+START_TEST(finalize_cpu_write_after_migration)
+{
+	t_fill_pattern(mem, LEN, 11);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	((volatile uint8_t *)mem)[7 * T_PAGE + 9] ^= 0x5a;
+	((volatile uint8_t *)mem)[7 * T_PAGE + 9] ^= 0x5a;
+	ck_assert_int_eq(atomic_load(&drv->to_ram), 1);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 11), -1);
+}
+END_TEST
+
+/* migrate_to_ram that leaves dst empty: the faulting thread gets SIGBUS. */
+START_TEST(finalize_to_ram_dst_empty_sigbus)
+{
+	mem[0] = 1;
+	ck_assert_int_eq(drv_to_dev(drv, mem, 1, 0, NULL), 1);
+	atomic_store(&drv->to_ram_skip, 1);
+	(void)*(volatile uint8_t *)mem;
+	/* not reached */
+}
+END_TEST
+
+/* ---------------------------------------------------------------------- */
+/* uhmm_migrate_device_range                                                */
+
+/* Evicting the whole pagemap brings every page back with its data. */
+START_TEST(device_range_evicts_all)
+{
+	t_fill_pattern(mem, LEN, 12);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	ck_assert_int_eq(uhmm_migrate_device_range(&drv->pgmap, first_pfn(drv), 64), NP);
+	ck_assert_int_eq(wait_frees(drv, NP), NP);
+	ck_assert_uint_eq(t_resident_pages(mem, LEN), NP);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 12), -1);
+	ck_assert_int_eq(uhmm_migrate_device_range(&drv->pgmap, first_pfn(drv), 64), 0);
+}
+END_TEST
+
+/* Only pages inside the pfn range are evicted. */
+START_TEST(device_range_partial)
+{
+	int n;
+
+	t_fill_pattern(mem, LEN, 13);
+	ck_assert_int_eq(drv_to_dev(drv, mem, 4, 0, NULL), 4);
+	n = uhmm_migrate_device_range(&drv->pgmap, first_pfn(drv) + 63, 1);
+	ck_assert_int_ge(n, 0);
+	ck_assert_int_le(n, 1);
+	ck_assert_int_eq(uhmm_migrate_device_range(&drv->pgmap, first_pfn(drv), 64), 4 - n);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 13), -1);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), 4);
+}
+END_TEST
+
+/* Bad arguments are -EINVAL. */
+START_TEST(device_range_bad_args_einval)
+{
+	struct uhmm_pagemap unreg = { 0 };
+
+	ck_assert_int_eq(uhmm_migrate_device_range(NULL, first_pfn(drv), 1), -EINVAL);
+	ck_assert_int_eq(uhmm_migrate_device_range(&drv->pgmap, first_pfn(drv), 0), -EINVAL);
+	ck_assert_int_eq(uhmm_migrate_device_range(&drv->pgmap, ~0ULL, 2), -EINVAL);
+	ck_assert_int_eq(uhmm_migrate_device_range(&unreg, 0, 1), -EINVAL);
+}
+END_TEST
+
+/* ---------------------------------------------------------------------- */
+/* uhmm_memunmap_pages with pages mapped                                    */
+
+/* Tearing down the pagemap brings the data back to RAM. */
+START_TEST(memunmap_with_mapped_pages_keeps_data)
+{
+	t_fill_pattern(mem, LEN, 14);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	ck_assert_int_eq(uhmm_memunmap_pages(&drv->pgmap), 0);
+	ck_assert_int_eq(atomic_load(&drv->frees), NP);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 14), -1);
+}
+END_TEST
+
+/* ---------------------------------------------------------------------- */
+/* fork                                                                     */
+
+/* A child forked with pages on the device reads the parent's data. */
+START_TEST(fork_child_reads_device_data)
+{
+	pid_t pid;
+	int st;
+
+	t_fill_pattern(mem, LEN, 15);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		long bad = t_check_pattern(mem, LEN, 15);
+
+		memset(mem, 0, LEN);
+		_exit(bad == -1 ? 0 : 1);
+	}
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 15), -1);
+	/* the parent can migrate again after the fork */
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 15), -1);
+}
+END_TEST
+
+/* ---------------------------------------------------------------------- */
+/* uhmm_make_device_exclusive                                               */
+
+/* Exclusive pages: EXCLUSIVE event with owner, device changes survive the
+ * CPU access, which sends CLEAR (owner NULL). */
+START_TEST(exclusive_device_changes_visible)
+{
+	void *pages[4] = { 0 };
+	struct rec *r = rec_new(mem, LEN);
+
+	t_fill_pattern(mem, LEN, 16);
+	ck_assert_int_eq(uhmm_make_device_exclusive(mm, ADDR(mem, 0), 4, drv, pages), 0);
+	ck_assert(rec_has(r, UHMM_EVENT_EXCLUSIVE, drv));
+	for (int i = 0; i < 4; i++) {
+		ck_assert_ptr_nonnull(pages[i]);
+		ck_assert_int_eq(t_check_pattern(pages[i], T_PAGE, 16 + (uint64_t)i * T_PAGE / 8), -1);
+		t_fill_pattern(pages[i], T_PAGE, 100 + (uint64_t)i);
+	}
+	ck_assert(!rec_has(r, UHMM_EVENT_CLEAR, NULL));
+	for (int i = 0; i < 4; i++)
+		ck_assert_int_eq(t_check_pattern(mem + i * T_PAGE, T_PAGE, 100 + (uint64_t)i), -1);
+	ck_assert(rec_has(r, UHMM_EVENT_CLEAR, NULL));
+	ck_assert_int_eq(t_check_pattern(mem + 4 * T_PAGE, LEN - 4 * T_PAGE,
+					 16 + 4 * T_PAGE / 8), -1);
+	rec_free(r);
+}
+END_TEST
+
+/* Documented errors: bad args -EINVAL, unmapped/read-only -EFAULT. */
+START_TEST(exclusive_errors)
+{
+	void *pages[2];
+	uint8_t *hole = t_map_anon(T_PAGE);
+
+	munmap(hole, T_PAGE);
+	ck_assert_int_eq(uhmm_make_device_exclusive(NULL, ADDR(mem, 0), 1, drv, pages), -EINVAL);
+	ck_assert_int_eq(uhmm_make_device_exclusive(mm, ADDR(mem, 0), 1, drv, NULL), -EINVAL);
+	ck_assert_int_eq(uhmm_make_device_exclusive(mm, ADDR(mem, 0), 0, drv, pages), -EINVAL);
+	ck_assert_int_eq(uhmm_make_device_exclusive(mm, ADDR(mem, 0) + 1, 1, drv, pages), -EINVAL);
+	ck_assert_int_eq(uhmm_make_device_exclusive(mm, ADDR(hole, 0), 1, drv, pages), -EFAULT);
+	ck_assert_int_eq(uhmm_mprotect(mem, T_PAGE, PROT_READ), 0);
+	ck_assert_int_eq(uhmm_make_device_exclusive(mm, ADDR(mem, 0), 1, drv, pages), -EFAULT);
+}
+END_TEST
+
+/* munmap of exclusive pages and mm close with exclusive pages: no crash. */
+START_TEST(exclusive_then_unmap_and_close)
+{
+	void *pages[4];
+
+	t_fill_pattern(mem, LEN, 17);
+	ck_assert_int_eq(uhmm_make_device_exclusive(mm, ADDR(mem, 0), 4, drv, pages), 0);
+	ck_assert_int_eq(uhmm_munmap(mem, 2 * T_PAGE), 0);
+	ck_assert_int_eq(t_check_pattern(mem + 2 * T_PAGE, LEN - 2 * T_PAGE,
+					 17 + 2 * T_PAGE / 8), -1);
+	ck_assert_int_eq(uhmm_make_device_exclusive(mm, ADDR(mem, 4), 2, drv, pages), 0);
+	drv_destroy(drv);
+	drv = NULL;
+	uhmm_mm_close(mm);
+	mm = NULL;
+	ck_assert_int_eq(t_check_pattern(mem + 2 * T_PAGE, LEN - 2 * T_PAGE,
+					 17 + 2 * T_PAGE / 8), -1);
+}
+END_TEST
+
+int main(void)
+{
+	TCase *tsetup = tcase_create("migrate_setup");
+	TCase *tbufs = tcase_create("migrate_src_dst_buf");
+	TCase *tpages = tcase_create("migrate_pages");
+	TCase *tfin = tcase_create("migrate_finalize");
+	TCase *trange = tcase_create("migrate_device_range");
+	TCase *tunmap = tcase_create("memunmap_pages");
+	TCase *tfork = tcase_create("fork");
+	TCase *texcl = tcase_create("make_device_exclusive");
+	TCase *all[] = { tsetup, tbufs, tpages, tfin, trange, tunmap, tfork, texcl };
+
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		tcase_add_checked_fixture(all[i], setup, teardown);
+	tcase_add_test(tsetup, setup_bad_args_einval);
+	tcase_add_test(tsetup, setup_collects_system_pages);
+	tcase_add_test(tsetup, setup_untouched_pages_have_no_data);
+	tcase_add_test(tsetup, setup_skips_shared_readonly_and_foreign);
+	tcase_add_test(tsetup, setup_isolates_cpu_writer_waits);
+	tcase_add_test(tbufs, bufs_bad_args_null);
+	tcase_add_test(tbufs, bufs_device_source_has_dst_buf);
+	tcase_add_test(tpages, pages_bad_args_einval);
+	tcase_add_test(tpages, pages_unknown_device_pfn_dropped);
+	tcase_add_test(tfin, finalize_bad_args_einval);
+	tcase_add_test(tfin, finalize_to_device_then_cpu_faults_back);
+	tcase_add_test(tfin, finalize_partial_dst);
+	tcase_add_test(tfin, finalize_device_to_system);
+	tcase_add_test(tfin, finalize_cpu_write_after_migration);
+	tcase_add_test_raise_signal(tfin, finalize_to_ram_dst_empty_sigbus, SIGBUS);
+	tcase_add_test(trange, device_range_evicts_all);
+	tcase_add_test(trange, device_range_partial);
+	tcase_add_test(trange, device_range_bad_args_einval);
+	tcase_add_test(tunmap, memunmap_with_mapped_pages_keeps_data);
+	tcase_add_test(tfork, fork_child_reads_device_data);
+	tcase_add_test(texcl, exclusive_device_changes_visible);
+	tcase_add_test(texcl, exclusive_errors);
+	tcase_add_test(texcl, exclusive_then_unmap_and_close);
+	return t_run_suite("migrate", tsetup, tbufs, tpages, tfin, trange, tunmap, tfork,
+			   texcl, NULL);
+}
