@@ -315,11 +315,16 @@ int main(void)
 		reps = 64;
 	src_page = aligned_alloc(PG, PG);
 	memset(src_page, 0x5a, PG);
+	fprintf(stderr, "sigbus\n");
 	sig = bare_sigbus_ns();
+	fprintf(stderr, "thread\n");
 	thr = bare_thread_ns();
+	fprintf(stderr, "uhmm\n");
 	u0 = uhmm_faultback_ns(0);
 	u200 = uhmm_faultback_ns(200);
+	fprintf(stderr, "bw\n");
 	bandwidth(&mig, &cpy);
+	fprintf(stderr, "tp\n");
 	for (int s = 0; s < 2; s++)
 		for (int n = 1; n <= 2; n++)
 			tp[s][n - 1] = throughput(spins[s], n);

@@ -304,32 +304,33 @@ void uhmm_mm_apply_unmap(struct uhmm_mm *mm, uint64_t start, uint64_t end,
 void uhmm_mm_apply_remap(struct uhmm_mm *mm, uint64_t from, uint64_t to,
 			 uint64_t len)
 {
-	struct mm_vma moved[16];
-	size_t nm = 0;
+	struct mm_vma *moved = NULL;
+	size_t nm = 0, first;
 
 	mm_lock(mm);
 	vma_split(mm, from);
 	vma_split(mm, from + len);
-	for (size_t i = vma_index(mm, from);
-	     i < mm->nr_vmas && mm->vmas[i].start < from + len && nm < 16;) {
-		moved[nm] = mm->vmas[i];
-		moved[nm].start += to - from;
-		moved[nm].end += to - from;
-		mm->nr_ents -= mm->vmas[i].nents;
-		memmove(&mm->vmas[i], &mm->vmas[i + 1],
-			(mm->nr_vmas - i - 1) * sizeof(mm->vmas[0]));
-		mm->nr_vmas--;
+	first = vma_index(mm, from);
+	while (first + nm < mm->nr_vmas && mm->vmas[first + nm].start < from + len)
 		nm++;
-	}
-	for (size_t i = 0; i < nm; i++) {
-		/* the destination was unmapped by the kernel: drop stale records */
-		struct put_list pl = { 0 };
-
-		(void)pl;
-		if (vma_insert(mm, &moved[i]) == 0)
-			mm->nr_ents += moved[i].nents;
-		else
-			free(moved[i].ents);
+	if (nm)
+		moved = malloc(nm * sizeof(*moved));
+	if (moved) {
+		memcpy(moved, &mm->vmas[first], nm * sizeof(*moved));
+		for (size_t i = 0; i < nm; i++)
+			mm->nr_ents -= moved[i].nents;
+		memmove(&mm->vmas[first], &mm->vmas[first + nm],
+			(mm->nr_vmas - first - nm) * sizeof(mm->vmas[0]));
+		mm->nr_vmas -= nm;
+		for (size_t i = 0; i < nm; i++) {
+			moved[i].start += to - from;
+			moved[i].end += to - from;
+			if (vma_insert(mm, &moved[i]) == 0)
+				mm->nr_ents += moved[i].nents;
+			else
+				free(moved[i].ents);
+		}
+		free(moved);
 	}
 	mm_unlock(mm);
 }

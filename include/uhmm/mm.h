@@ -108,9 +108,10 @@ UHMM_API void uhmm_mm_close(struct uhmm_mm *mm);
 UHMM_API int uhmm_mm_manage(struct uhmm_mm *mm, void *addr, size_t len);
 
 /**
- * uhmm_mm_unmanage() - stop managing exactly a range given to uhmm_mm_manage()
- * or returned by uhmm_mm_alloc() (device pages are brought back first).
- * Return: 0; -EINVAL bad args; -ENOENT not a managed range.
+ * uhmm_mm_unmanage() - stop managing [addr, addr+len), which must be entirely
+ * managed (all or part of what uhmm_mm_manage() or uhmm_mm_alloc() gave);
+ * device pages are brought back first. The memory stays mapped.
+ * Return: 0; -EINVAL bad args; -ENOENT some of the range is not managed.
  */
 UHMM_API int uhmm_mm_unmanage(struct uhmm_mm *mm, void *addr, size_t len);
 
@@ -142,7 +143,8 @@ UHMM_API unsigned int uhmm_mm_features(struct uhmm_mm *mm);
  * Wrappers for the calls that change mappings. Each delivers the invalidation
  * to every notifier of every open mm that overlaps the range *before* the
  * change takes effect (PROTECTION for mprotect, UNMAP for munmap, CLEAR for
- * madvise DONTNEED/FREE/REMOVE, REMAP for mremap), then performs it. The
+ * madvise DONTNEED/FREE/REMOVE, and for mremap UNMAP of the old range, whose
+ * mappings die; the new range has none yet), then performs it. The
  * userfaultfd events that the change also causes are then not delivered a
  * second time. Return 0 (uhmm_mremap: 0 and *new_addr) or -errno.
  */
