@@ -33,14 +33,14 @@ static int reps;
 static int uffd_new(uint64_t features)
 {
 	struct uffdio_api api = { .api = UFFD_API, .features = features };
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 
 	if (fd < 0) {
 		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
 
 		if (dev < 0)
 			return -1;
-		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC);
+		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
 		close(dev);
 		if (fd < 0)
 			return -1;
@@ -315,16 +315,11 @@ int main(void)
 		reps = 64;
 	src_page = aligned_alloc(PG, PG);
 	memset(src_page, 0x5a, PG);
-	fprintf(stderr, "sigbus\n");
 	sig = bare_sigbus_ns();
-	fprintf(stderr, "thread\n");
 	thr = bare_thread_ns();
-	fprintf(stderr, "uhmm\n");
 	u0 = uhmm_faultback_ns(0);
 	u200 = uhmm_faultback_ns(200);
-	fprintf(stderr, "bw\n");
 	bandwidth(&mig, &cpy);
-	fprintf(stderr, "tp\n");
 	for (int s = 0; s < 2; s++)
 		for (int n = 1; n <= 2; n++)
 			tp[s][n - 1] = throughput(spins[s], n);

@@ -111,14 +111,16 @@ struct uhmm_pagemap_priv;
 
 /*
  * One device page. Lives from uhmm_memremap_pages() to the end of
- * uhmm_memunmap_pages(). A free page has refcount 0.
+ * uhmm_memunmap_pages(). A free page has refcount 0. A page pointer may be
+ * used while the caller holds a reference on the page or on its pagemap
+ * (or otherwise knows the pagemap is not being torn down).
  */
 struct uhmm_page {
 	long refcount;			/* references, 0 = free; use uhmm_page_get/put */
 	struct uhmm_pagemap *pgmap;	/* owner, constant */
 	void *zone_device_data;		/* driver's, uhmm never touches it */
 	unsigned int flags;		/* UHMM_PAGE_* */
-	uint32_t run;			/* internal: allocator bookkeeping */
+	uint32_t run;			/* internal: index of the page's range */
 };
 
 /*
@@ -157,7 +159,12 @@ struct uhmm_pagemap_ops {
 	void (*cleanup)(struct uhmm_pagemap *pgmap);
 };
 
-/* Accounting of page structs kept in the device memory (UHMM_PGMAP_ALTMAP). */
+/*
+ * Accounting of page structs kept in the device memory (UHMM_PGMAP_ALTMAP):
+ * the page structs of every range are written into @base at page
+ * @reserve of range 0, taking @alloc pages. Neither the reserved pages nor
+ * those are ever handed out by uhmm_pagemap_alloc_pages().
+ */
 struct uhmm_altmap {
 	uint64_t reserve;	/* in: pages at the start of range 0 kept free */
 	uint64_t alloc;		/* out: pages consumed by page structs */
@@ -177,36 +184,48 @@ struct uhmm_pagemap {
 	const struct uhmm_dev_range *ranges;	/* nr_range entries, copied */
 	/*
 	 * Host backing: the CPU-addressable memory behind the ranges, laid out
-	 * back to back in range order. Required for COHERENT, GENERIC and P2P,
-	 * optional for PRIVATE (a device whose memory is host RAM).
+	 * back to back in range order, page aligned. Required for COHERENT,
+	 * GENERIC and P2P, optional for PRIVATE (a device whose memory is host
+	 * RAM). Must stay mapped until uhmm_memunmap_pages() returns.
 	 */
 	void *base;
 	struct uhmm_altmap altmap;
-	struct uhmm_pagemap_priv *priv;		/* uhmm's, do not touch */
+	struct uhmm_pagemap_priv *priv;		/* uhmm's: zero it, then do not touch */
 };
 
 /**
  * uhmm_memremap_pages() - register device memory and create its page structs
  * @pgmap: filled-in pagemap (see struct uhmm_pagemap)
  *
- * Context: any thread; may block.
+ * Copies the ranges, creates one free page struct per page (all in the
+ * free pool except ALTMAP pages) and publishes the ranges, after which
+ * uhmm_pfn_to_page() finds them from any thread. Page indices (as used by
+ * the allocator and the host backing) follow the caller's range order.
+ * Nothing is written to @pgmap or @base unless registration succeeds.
+ * Context: any thread; may block (briefly, for concurrent lookups).
  * Return: 0, or
  *   -EINVAL  NULL, unknown type or flag, nr_range 0, empty/unaligned/
  *            overlapping ranges, missing ops/owner/base for the type,
- *            altmap without base or too small;
- *   -EBUSY   a range overlaps a registered pagemap, or @pgmap is registered;
- *   -ENOMEM.
+ *            unaligned base, altmap without base or too small;
+ *   -EBUSY   a range overlaps a registered pagemap (live or dying), or
+ *            @pgmap is registered;
+ *   -ENOMEM  (also for more than 2^36 pages).
  */
 UHMM_API int uhmm_memremap_pages(struct uhmm_pagemap *pgmap);
 
 /**
  * uhmm_memunmap_pages() - kill, drain and tear down a pagemap
  *
- * New uhmm_get_dev_pagemap() calls fail from the start. Device-private pages
- * still holding CPU data are first migrated back to system memory (no data is
- * lost). Then waits until every page and pagemap reference is dropped, calls
- * ops->cleanup and frees the page structs.
- * Context: any thread except a uhmm fault-handler thread; blocks.
+ * New uhmm_get_dev_pagemap() calls fail (-ENXIO) and allocations fail from
+ * the start. Device-private pages still holding CPU data are first migrated
+ * back to system memory (no data is lost). Then waits until every page and
+ * pagemap reference is dropped, unpublishes the ranges (lookups return
+ * NULL/-ENOENT), clears @pgmap->priv, calls ops->cleanup and frees the page
+ * structs. ops->cleanup is the last access to @pgmap and its base: it may
+ * free them. A concurrent call on the same pagemap waits for this one, then
+ * returns -EINVAL (or retries if this one timed out).
+ * Context: any thread except a uhmm fault-handler thread; must not be called
+ * from ops callbacks of the same pagemap; blocks.
  * Return: 0; -EINVAL NULL or not registered (including a second call).
  */
 UHMM_API int uhmm_memunmap_pages(struct uhmm_pagemap *pgmap);
@@ -214,25 +233,40 @@ UHMM_API int uhmm_memunmap_pages(struct uhmm_pagemap *pgmap);
  * uhmm_memunmap_pages_timeout() - as uhmm_memunmap_pages(), bounded
  * @timeout_ms: how long to wait for references to drain
  *
- * Return: 0; -EINVAL; -EBUSY references remain after @timeout_ms: the
- *   pagemap stays killed (gets fail) and registered; call again to finish.
+ * Return: 0; -EINVAL; -EBUSY references remain after @timeout_ms (or
+ *   another thread's teardown of @pgmap is still running): the pagemap
+ *   stays killed (gets and allocations fail) and registered; call
+ *   uhmm_memunmap_pages() or this again to finish.
  */
 UHMM_API int uhmm_memunmap_pages_timeout(struct uhmm_pagemap *pgmap,
 					 unsigned int timeout_ms);
 
-/** uhmm_pfn_to_page() - page struct of device pfn, or NULL; no reference taken. */
+/**
+ * uhmm_pfn_to_page() - page struct of device pfn, or NULL; no reference taken.
+ * Context: any thread; lock-free, O(log nr of registered ranges). Works for
+ * dying pagemaps until their teardown completes.
+ */
 UHMM_API struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn);
-/** uhmm_page_to_pfn() - device pfn of @page. */
+/** uhmm_page_to_pfn() - device pfn of @page; 0 for NULL. O(1). */
 UHMM_API uint64_t uhmm_page_to_pfn(const struct uhmm_page *page);
-/** uhmm_page_to_virt() - host address of @page's memory, NULL if none. */
+/**
+ * uhmm_page_to_virt() - host address of @page's memory: base plus the page's
+ * index times the page size; NULL for NULL or a pagemap without base.
+ */
 UHMM_API void *uhmm_page_to_virt(const struct uhmm_page *page);
 
 /**
  * uhmm_get_dev_pagemap() - find the live pagemap of @pfn and reference it
- * Return: 0 and *out set; -ENOENT no pagemap; -ENXIO pagemap is dying; -EINVAL.
+ * Context: any thread; lock-free, scales across threads.
+ * Return: 0 and *out set; -ENOENT no pagemap; -ENXIO pagemap is dying;
+ *   -EINVAL NULL @out.
  */
 UHMM_API int uhmm_get_dev_pagemap(uint64_t pfn, struct uhmm_pagemap **out);
-/** uhmm_put_dev_pagemap() - drop a reference. Return: 0; -EINVAL (none held). */
+/**
+ * uhmm_put_dev_pagemap() - drop a reference taken by uhmm_get_dev_pagemap(),
+ * on any thread. Return: 0; -EINVAL NULL, not registered, or no reference
+ * held (a put without a reference must not race with the pagemap's teardown).
+ */
 UHMM_API int uhmm_put_dev_pagemap(struct uhmm_pagemap *pgmap);
 
 /**
@@ -242,6 +276,10 @@ UHMM_API int uhmm_put_dev_pagemap(struct uhmm_pagemap *pgmap);
 UHMM_API int uhmm_page_get(struct uhmm_page *page);
 /**
  * uhmm_page_put() - drop a reference; at 0 calls ops->page_free and frees
+ *
+ * The thread dropping the last reference calls ops->page_free(page) (if
+ * set), then returns the page to the free pool (if it came from
+ * uhmm_pagemap_alloc_pages()) and drops the page's pagemap reference.
  * Return: 0; -EINVAL NULL or refcount already 0 (put without get).
  */
 UHMM_API int uhmm_page_put(struct uhmm_page *page);
@@ -251,8 +289,11 @@ UHMM_API int uhmm_page_put(struct uhmm_page *page);
 
 /**
  * uhmm_pagemap_alloc_pages() - take @n free pages from the pagemap's pool
- * @pages: out, @n page pointers, each with refcount 1
+ * @pages: out, @n page pointers, each with refcount 1 and UHMM_PAGE_ALLOCATED
  *
+ * Lowest free pages first. With UHMM_ALLOC_CONTIG, @pages[i] is the i-th
+ * page of a run of consecutive pfns inside one range. Each page holds a
+ * pagemap reference until its refcount drops to 0.
  * Context: any thread; thread-safe.
  * Return: 0; -EINVAL bad args/flags, dying pagemap; -ENOSPC not enough free
  *   pages (nothing allocated).
@@ -260,9 +301,10 @@ UHMM_API int uhmm_page_put(struct uhmm_page *page);
 UHMM_API int uhmm_pagemap_alloc_pages(struct uhmm_pagemap *pgmap, uint64_t n,
 				      unsigned int flags,
 				      struct uhmm_page **pages);
-/** uhmm_pagemap_nr_free() - pages in the free pool (>= 0) or -EINVAL. */
+/** uhmm_pagemap_nr_free() - pages in the free pool (>= 0; never counts the
+ * ALTMAP reserve and page-struct pages) or -EINVAL (NULL or unregistered). */
 UHMM_API int64_t uhmm_pagemap_nr_free(struct uhmm_pagemap *pgmap);
-/** uhmm_pagemap_nr_pages() - total pages of the pagemap, or -EINVAL. */
+/** uhmm_pagemap_nr_pages() - total pages of all ranges, or -EINVAL. */
 UHMM_API int64_t uhmm_pagemap_nr_pages(struct uhmm_pagemap *pgmap);
 
 #ifdef __cplusplus

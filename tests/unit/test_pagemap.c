@@ -412,6 +412,46 @@ START_TEST(memremap_keeps_caller_range_order)
 }
 END_TEST
 
+static void *remap_fn(void *p)
+{
+	return (void *)(intptr_t)uhmm_memremap_pages(p);
+}
+
+/* Threads registering overlapping pagemaps at once: exactly one wins each round. */
+START_TEST(memremap_concurrent_overlapping_one_wins)
+{
+	static struct uhmm_pagemap p[4];
+	static struct uhmm_dev_range r[4];
+
+	for (int round = 0; round < 20; round++) {
+		pthread_t th[4];
+		int wins = 0, winner = -1;
+
+		for (int t = 0; t < 4; t++) {
+			/* all four contain page 3 of DEV0 */
+			r[t] = (struct uhmm_dev_range){ DEV0 + (uint64_t)t * T_PAGE,
+							DEV0 + (uint64_t)(t + 4) * T_PAGE };
+			t_private(&p[t], &r[t], 1);
+			ck_assert_int_eq(pthread_create(&th[t], NULL, remap_fn, &p[t]), 0);
+		}
+		for (int t = 0; t < 4; t++) {
+			void *rc;
+
+			pthread_join(th[t], &rc);
+			if ((intptr_t)rc == 0) {
+				wins++;
+				winner = t;
+			} else {
+				ck_assert_int_eq((int)(intptr_t)rc, -EBUSY);
+			}
+		}
+		ck_assert_int_eq(wins, 1);
+		ck_assert_ptr_eq(uhmm_pfn_to_page(PFN(DEV0) + 3)->pgmap, &p[winner]);
+		ck_assert_int_eq(uhmm_memunmap_pages(&p[winner]), 0);
+	}
+}
+END_TEST
+
 /* ---- uhmm_memunmap_pages ---- */
 
 /* Unmap unregisters everything, calls cleanup once and clears priv. */
@@ -1640,6 +1680,7 @@ int main(void)
 	tcase_add_test(remap, memremap_altmap_without_base_or_too_small_is_einval);
 	tcase_add_test(remap, memremap_failed_altmap_leaves_base_untouched);
 	tcase_add_test(remap, memremap_keeps_caller_range_order);
+	tcase_add_test(remap, memremap_concurrent_overlapping_one_wins);
 
 	tcase_add_test(unmap, memunmap_unregisters_and_cleans_up_once);
 	tcase_add_test(unmap, memunmap_unregistered_is_einval);
