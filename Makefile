@@ -102,7 +102,7 @@ check: deps
 	./tests/run.sh $(BUILD)/tests
 
 check-asan:
-	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" tests
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" tests build-asan/uhmm
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		CK_TIMEOUT_MULTIPLIER=4 ./tests/run.sh build-asan/tests
 
