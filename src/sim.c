@@ -13,7 +13,8 @@
 #include "mm_internal.h"
 
 #define PG UHMM_PAGE_SIZE
-#define PIECE 64		/* pages per range_fault / migration piece */
+#define PIECE 64		/* pages per range_fault / access piece */
+#define MIG_PIECE 512		/* pages per migration: amortizes the staging setup */
 #define BUSY_BUDGET_NS 1000000000ULL
 
 /* device page table entry kinds */
@@ -138,7 +139,7 @@ static void sim_page_free(struct uhmm_page *page)
 static int sim_to_sys(struct uhmm_sim *s, uint64_t start, uint64_t end,
 		      struct uhmm_page *fault_page)
 {
-	uint64_t n = (end - start) / PG, src[PIECE], dst[PIECE];
+	uint64_t n = (end - start) / PG, src[MIG_PIECE], dst[MIG_PIECE];
 	struct uhmm_migrate m = {
 		.mm = s->mm, .start = start, .end = end, .src = src, .dst = dst,
 		.flags = s->pgmap.type == UHMM_PAGEMAP_PRIVATE
@@ -148,7 +149,7 @@ static int sim_to_sys(struct uhmm_sim *s, uint64_t start, uint64_t end,
 	};
 	int err;
 
-	if (n > PIECE)
+	if (n > MIG_PIECE)
 		return -EINVAL;
 	err = uhmm_migrate_setup(&m);
 	if (err)
@@ -439,12 +440,12 @@ static void sim_evict_some(struct uhmm_sim *s, uint64_t want)
 
 static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 {
-	uint64_t n = (end - start) / PG, src[PIECE], dst[PIECE];
+	uint64_t n = (end - start) / PG, src[MIG_PIECE], dst[MIG_PIECE];
 	struct uhmm_migrate m = {
 		.mm = s->mm, .start = start, .end = end, .src = src, .dst = dst,
 		.flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = s,
 	};
-	struct uhmm_page *pages[PIECE];
+	struct uhmm_page *pages[MIG_PIECE];
 	unsigned long seq;
 	int err, done;
 
@@ -501,8 +502,8 @@ static int for_pieces(struct uhmm_sim *s, uint64_t addr, uint64_t npages,
 	if (!s || !npages || !addr || !UHMM_IS_ALIGNED(addr, PG) ||
 	    addr + npages * PG < addr)
 		return -EINVAL;
-	for (uint64_t off = 0; off < npages; off += PIECE) {
-		uint64_t n = UHMM_MIN(PIECE, npages - off);
+	for (uint64_t off = 0; off < npages; off += MIG_PIECE) {
+		uint64_t n = UHMM_MIN(MIG_PIECE, npages - off);
 		int r = fn(s, addr + off * PG, addr + (off + n) * PG);
 
 		if (r < 0)
