@@ -12,8 +12,12 @@
 struct mig_ctl {
 	struct uhmm_migrate *m;
 	uint8_t *stage;			/* system sources, moved out (managed) */
-	uint8_t *dstbuf;		/* system destinations */
+	uint64_t stage_pages;		/* size of the staging area */
+	uint8_t *dstbuf;		/* system destinations, on demand */
+	uint64_t dstbuf_pages;
 	struct uhmm_page **devpage;	/* device sources (entry's reference) */
+	struct uhmm_page **dstpage;	/* device destinations, looked up once */
+	bool *placed;			/* data already where it belongs */
 	bool write_ok;			/* vma writable */
 } __attribute__((aligned(8)));
 
@@ -35,14 +39,130 @@ static bool type_selected(const struct uhmm_migrate *m, const struct uhmm_page *
 	(UHMM_MIGRATE_SELECT_SYSTEM | UHMM_MIGRATE_SELECT_DEVICE_PRIVATE |   \
 	 UHMM_MIGRATE_SELECT_DEVICE_COHERENT)
 
+/*
+ * Staging areas are managed memory (UFFDIO_MOVE needs a destination
+ * registered with our userfaultfd). One idle area per mm is kept: mapping
+ * and registering one per migration costs more than the moves.
+ */
+#define STAGE_MIN_PAGES 512
+
+static uint8_t *stage_get(struct uhmm_mm *mm, uint64_t n, uint64_t *pages)
+{
+	void *p = NULL;
+
+	mm_lock(mm);
+	if (mm->stage_cache && mm->stage_cache_pages >= n) {
+		p = mm->stage_cache;
+		*pages = mm->stage_cache_pages;
+		mm->stage_cache = NULL;
+	}
+	mm_unlock(mm);
+	if (p)
+		return p;
+	*pages = UHMM_MAX(n, (uint64_t)STAGE_MIN_PAGES);
+	if (uhmm_mm_alloc(mm, *pages * PG, 0, &p))
+		return NULL;
+	return p;
+}
+
+static void stage_drop(struct uhmm_mm *mm, uint8_t *p, uint64_t pages)
+{
+	uhmm_mm_unmanage(mm, p, pages * PG);
+	munmap(p, pages * PG);
+}
+
+/* Empty the area (a move needs empty slots) and cache it, or drop it. */
+static void stage_put(struct uhmm_mm *mm, uint8_t *p, uint64_t pages)
+{
+	unsigned char vec[STAGE_MIN_PAGES];
+	bool dirty = pages > STAGE_MIN_PAGES;
+
+	if (!dirty && mincore(p, pages * PG, vec) == 0) {
+		for (uint64_t i = 0; i < pages && !dirty; i++)
+			dirty = vec[i] & 1;
+	}
+	if (dirty) {
+		/* unregistered, DONTNEED sends no event to the handler */
+		if (pages > STAGE_MIN_PAGES || uhmm_uffd_unregister(mm, (uint64_t)(uintptr_t)p,
+								   pages * PG)) {
+			stage_drop(mm, p, pages);
+			return;
+		}
+		madvise(p, pages * PG, MADV_DONTNEED);
+		if (uhmm_uffd_register(mm, (uint64_t)(uintptr_t)p, pages * PG, true)) {
+			stage_drop(mm, p, pages);
+			return;
+		}
+	}
+	mm_lock(mm);
+	if (!mm->stage_cache) {
+		mm->stage_cache = p;
+		mm->stage_cache_pages = pages;
+		p = NULL;
+	}
+	mm_unlock(mm);
+	if (p)
+		stage_drop(mm, p, pages);
+}
+
+/* Destination buffers are plain memory; reusing one saves a page fault per page. */
+static uint8_t *dstbuf_get(struct uhmm_mm *mm, uint64_t n, uint64_t *pages)
+{
+	void *p = NULL;
+
+	mm_lock(mm);
+	if (mm->dst_cache && mm->dst_cache_pages >= n) {
+		p = mm->dst_cache;
+		*pages = mm->dst_cache_pages;
+		mm->dst_cache = NULL;
+	}
+	mm_unlock(mm);
+	if (p)
+		return p;
+	*pages = UHMM_MAX(n, (uint64_t)STAGE_MIN_PAGES);
+	p = mmap(NULL, *pages * PG, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static void dstbuf_put(struct uhmm_mm *mm, uint8_t *p, uint64_t pages)
+{
+	mm_lock(mm);
+	if (!mm->dst_cache && pages == STAGE_MIN_PAGES) {
+		mm->dst_cache = p;
+		mm->dst_cache_pages = pages;
+		p = NULL;
+	}
+	mm_unlock(mm);
+	if (p)
+		munmap(p, pages * PG);
+}
+
+void uhmm_migrate_mm_fini(struct uhmm_mm *mm)
+{
+	void *p, *d;
+
+	mm_lock(mm);
+	p = mm->stage_cache;
+	mm->stage_cache = NULL;
+	d = mm->dst_cache;
+	mm->dst_cache = NULL;
+	mm_unlock(mm);
+	if (p)
+		stage_drop(mm, p, mm->stage_cache_pages);
+	if (d)
+		munmap(d, mm->dst_cache_pages * PG);
+}
+
 static void ctl_free(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t n)
 {
-	if (c->stage) {
-		uhmm_mm_unmanage(mm, c->stage, n * PG);
-		munmap(c->stage, n * PG);
-	}
-	free(c->dstbuf);
+	if (c->stage)
+		stage_put(mm, c->stage, c->stage_pages);
+	if (c->dstbuf)
+		dstbuf_put(mm, c->dstbuf, c->dstbuf_pages);
 	free(c->devpage);
+	free(c->dstpage);
+	free(c->placed);
 	free(c);
 }
 
@@ -87,7 +207,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	struct mig_ctl *c;
 	struct mm_vma *v;
 	struct vma_info vi;
-	uint64_t n, nsys = 0, ndev = 0;
+	uint64_t n, nsys = 0;
 	bool sys_ok;
 	int err;
 
@@ -111,7 +231,10 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	c->m = m;
 	c->write_ok = vi.prot & PROT_WRITE;
 	c->devpage = calloc(n, sizeof(*c->devpage));
-	if (!c->devpage) {
+	c->placed = calloc(n, sizeof(*c->placed));
+	if (!c->devpage || !c->placed) {
+		free(c->devpage);
+		free(c->placed);
 		free(c);
 		return -ENOMEM;
 	}
@@ -128,6 +251,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		mm_unlock(mm);
 		uhmm_mm_migration_end(mm);
 		free(c->devpage);
+		free(c->placed);
 		free(c);
 		m->priv = NULL;
 		return -EINVAL;
@@ -150,7 +274,6 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 				    UHMM_MIGRATE_PFN_DEVICE |
 				    (e & ENT_WRITE ? UHMM_MIGRATE_PFN_WRITE : 0);
 			uhmm_ent_set(mm, v, VA(m, i), ENT_MAKE(c, ENT_MIGRATING, 0));
-			ndev++;
 		} else if (!e && sys_ok) {
 			if (!uhmm_vma_ent(v, VA(m, i), true))
 				continue;
@@ -161,13 +284,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	}
 	mm_unlock(mm);
 
-	if (nsys && uhmm_mm_alloc(mm, n * PG, 0, (void **)&c->stage))
-		c->stage = NULL;
-	if (ndev) {
-		c->dstbuf = aligned_alloc(PG, n * PG);
-		if (!c->dstbuf)
-			ndev = 0;
-	}
+	if (nsys)
+		c->stage = stage_get(mm, n, &c->stage_pages);
 	uhmm_invalidate_start(mm, UHMM_EVENT_MIGRATE, m->start, m->end,
 			      m->pgmap_owner, 0);
 	/* Take the system pages away from the CPU, run by run. */
@@ -221,8 +339,6 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) && c->write_ok &&
 		    !(m->src[i] & UHMM_MIGRATE_PFN_DEVICE))
 			m->src[i] |= UHMM_MIGRATE_PFN_WRITE;
-		if ((m->src[i] & UHMM_MIGRATE_PFN_DEVICE) && !c->dstbuf)
-			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 		m->cpages += !!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE);
 	}
 	return 0;
@@ -241,11 +357,13 @@ void *uhmm_migrate_src_buf(const struct uhmm_migrate *m, uint64_t i)
 
 void *uhmm_migrate_dst_buf(const struct uhmm_migrate *m, uint64_t i)
 {
-	const struct mig_ctl *c = m ? m->priv : NULL;
+	struct mig_ctl *c = m ? m->priv : NULL;
 
-	if (!c || i >= m->npages || !c->dstbuf)
+	if (!c || i >= m->npages)
 		return NULL;
-	return c->dstbuf + i * PG;
+	if (!c->dstbuf)		/* only drivers that copy themselves need it */
+		c->dstbuf = dstbuf_get(m->mm, m->npages, &c->dstbuf_pages);
+	return c->dstbuf ? c->dstbuf + i * PG : NULL;
 }
 
 int uhmm_migrate_pages(struct uhmm_migrate *m)
@@ -277,6 +395,126 @@ int uhmm_migrate_pages(struct uhmm_migrate *m)
 	return ret;
 }
 
+static uint64_t host_addr(struct uhmm_page *pg)
+{
+	return pg ? (uint64_t)(uintptr_t)uhmm_page_to_virt(pg) : 0;
+}
+
+/*
+ * Where page i's data goes (*to) and comes from (*from) when the driver asked
+ * uhmm to move it; 0 if it did not. A zero-filled system source has *from 0.
+ */
+static bool move_wanted(const struct uhmm_migrate *m, const struct mig_ctl *c,
+			uint64_t i, uint64_t *to, uint64_t *from)
+{
+	uint64_t s = m->src[i], d = m->dst[i];
+
+	if (!(s & UHMM_MIGRATE_PFN_MIGRATE) || (d & (UHMM_MIGRATE_PFN_VALID |
+		UHMM_MIGRATE_PFN_MOVE)) != (UHMM_MIGRATE_PFN_VALID | UHMM_MIGRATE_PFN_MOVE))
+		return false;
+	if (c->devpage[i]) {
+		*to = VA(m, i);
+		*from = host_addr(c->devpage[i]);
+	} else {
+		*to = host_addr(c->dstpage[i]);
+		*from = (s & UHMM_MIGRATE_PFN_VALID) && c->stage
+				? (uint64_t)(uintptr_t)c->stage + i * PG
+				: 0;
+	}
+	return true;
+}
+
+/* One page the batch could not move: copy it (or zero it). */
+static bool place_one(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t to,
+		      uint64_t from, bool to_process)
+{
+	if (to_process)
+		return from && uhmm_uffd_copy(mm, to, (void *)(uintptr_t)from, PG,
+					      false) == 0;
+	if (from)
+		memcpy((void *)(uintptr_t)to, (void *)(uintptr_t)from, PG);
+	else
+		memset((void *)(uintptr_t)to, 0, PG);
+	return true;
+}
+
+/* Fill what a move from holes left empty in [to, to + len) of the process. */
+static void fill_holes(struct uhmm_mm *mm, uint64_t to, uint64_t len)
+{
+	unsigned char vec[512];
+	uint64_t done;
+
+	for (uint64_t off = 0; off < len; off += 512 * PG) {
+		uint64_t n = UHMM_MIN(512, (len - off) / PG);
+
+		if (mincore((void *)(uintptr_t)(to + off), n * PG, vec))
+			return;
+		for (uint64_t k = 0; k < n; k++)
+			if (!(vec[k] & 1)) {
+				mm_lock(mm);
+				uhmm_uffd_fill(mm, to + off + k * PG, PG, true, &done);
+				mm_unlock(mm);
+			}
+	}
+}
+
+/*
+ * UHMM_MIGRATE_PFN_MOVE: move runs of pages whose source and destination are
+ * both contiguous with one UFFDIO_MOVE each; copy what cannot move. Runs
+ * before finalize takes mm->lock (a copy may fault). Pages that cannot be
+ * placed at all stop migrating.
+ */
+static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
+{
+	struct uhmm_mm *mm = m->mm;
+
+	c->dstpage = calloc(m->npages, sizeof(*c->dstpage));
+	if (!c->dstpage)
+		return;		/* finalize copies nothing; pages stay */
+	for (uint64_t i = 0; i < m->npages; i++)
+		if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
+		    (m->dst[i] & UHMM_MIGRATE_PFN_DEVICE))
+			c->dstpage[i] = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(m->dst[i]));
+
+	for (uint64_t i = 0; i < m->npages;) {
+		uint64_t to, from, j, t2, f2, moved = 0;
+		bool to_process = c->devpage[i] != NULL;
+
+		if (!move_wanted(m, c, i, &to, &from)) {
+			i++;
+			continue;
+		}
+		if (!to || (to_process && !from)) {
+			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;	/* nowhere to go */
+			i++;
+			continue;
+		}
+		if (!from) {	/* never-touched source: a zero page */
+			c->placed[i] = place_one(mm, c, to, 0, false);
+			i++;
+			continue;
+		}
+		for (j = i + 1; j < m->npages && move_wanted(m, c, j, &t2, &f2) &&
+				(c->devpage[j] != NULL) == to_process &&
+				t2 == to + (j - i) * PG && f2 == from + (j - i) * PG;
+		     j++)
+			;
+		uhmm_uffd_move(mm, to, from, (j - i) * PG, &moved);
+		for (uint64_t k = i; k < i + moved / PG; k++)
+			c->placed[k] = true;
+		if (to_process && moved)
+			fill_holes(mm, to, moved);
+		/* the rest of the run is copied (not registered, shared...) */
+		for (uint64_t k = i + moved / PG; k < j; k++) {
+			c->placed[k] = place_one(mm, c, to + (k - i) * PG,
+						 from + (k - i) * PG, to_process);
+			if (!c->placed[k])
+				m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+		}
+		i = j;
+	}
+}
+
 int uhmm_migrate_finalize(struct uhmm_migrate *m)
 {
 	struct mig_ctl *c;
@@ -289,6 +527,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		return -EINVAL;
 	mm = m->mm;
 	put = calloc(m->npages * 2, sizeof(*put));
+	transfer(m, c);
 	mm_lock(mm);
 	for (uint64_t i = 0; i < m->npages; i++) {
 		uint64_t s = m->src[i], d = m->dst[i], *pe, e;
@@ -299,10 +538,12 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		/* without uhmm_migrate_pages(), dst[] is unchecked: a system
 		 * source needs a real device page, a device source system memory */
 		if (migrate && !c->devpage[i])
-			migrate = (d & UHMM_MIGRATE_PFN_DEVICE) &&
-				  uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(d));
+			migrate = (d & UHMM_MIGRATE_PFN_DEVICE) && c->dstpage &&
+				  c->dstpage[i];
 		else if (migrate)
 			migrate = !(d & UHMM_MIGRATE_PFN_DEVICE);
+		if (migrate && (d & UHMM_MIGRATE_PFN_MOVE) && !c->placed[i])
+			migrate = false;	/* the data could not be moved */
 		if (!migrate)
 			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 
@@ -312,7 +553,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		if (!(ENT_STATE(e) == ENT_MIGRATING && ENT_PTR(e) == c)) {
 			/* not ours, or unmapped/dropped meanwhile: data is gone */
 			if (migrate && (d & UHMM_MIGRATE_PFN_DEVICE))
-				dpg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(d));
+				dpg = c->dstpage[i];
 			if (dpg && put)
 				put[nput++] = dpg;
 			if (c->devpage[i] && put)
@@ -320,11 +561,15 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 			continue;
 		}
 		if (c->devpage[i]) {	/* device -> system */
-			if (migrate && uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG,
-						      PG, false) == 0) {
+			if (migrate && (c->placed[i] ||
+					(!(d & UHMM_MIGRATE_PFN_MOVE) && c->dstbuf &&
+					 uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG,
+							PG, false) == 0))) {
 				uhmm_ent_set(mm, v, VA(m, i), 0);
 				if (put)
 					put[nput++] = c->devpage[i];
+				if (c->devpage[i] == uhmm_wake_defer.fault_page)
+					uhmm_wake_defer.fault_done = true;
 				done++;
 			} else {
 				uhmm_ent_set(mm, v, VA(m, i),
@@ -334,7 +579,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 			continue;
 		}
 		if (migrate) {		/* system -> device: the entry owns dst */
-			dpg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(d));
+			dpg = c->dstpage[i];
 			uhmm_ent_set(mm, v, VA(m, i),
 				     ENT_MAKE(dpg, ENT_DEVICE, s & UHMM_MIGRATE_PFN_WRITE));
 			done++;
@@ -351,7 +596,14 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		uhmm_ent_set(mm, v, VA(m, i), 0);
 	}
 	mm_unlock(mm);
-	uhmm_uffd_wake(mm, m->start, m->end - m->start);
+	if (uhmm_wake_defer.active) {
+		struct uhmm_wake_defer *w = &uhmm_wake_defer;
+
+		w->start = w->end > w->start ? UHMM_MIN(w->start, m->start) : m->start;
+		w->end = UHMM_MAX(w->end, m->end);
+	} else {
+		uhmm_uffd_wake(mm, m->start, m->end - m->start);
+	}
 	for (uint64_t i = 0; i < nput; i++)
 		uhmm_page_put(put[i]);
 	free(put);

@@ -393,8 +393,11 @@ static bool mm_overlaps(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 /* ---------------------------------------------------------------------- */
 /* device pages seen from the CPU                                          */
 
+__thread struct uhmm_wake_defer uhmm_wake_defer;
+
 int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr, bool write, int tid)
 {
+	struct uhmm_wake_defer prev, w;
 	struct uhmm_fault f = { .mm = mm, .addr = addr, .tid = tid,
 				.flags = write ? UHMM_FAULT_WRITE : 0 };
 	struct mm_vma *v;
@@ -412,16 +415,25 @@ int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr, bool write, int tid)
 	f.page = ENT_PTR(e);
 	uhmm_page_get(f.page);
 	mm_unlock(mm);
+	prev = uhmm_wake_defer;
+	uhmm_wake_defer = (struct uhmm_wake_defer){ .active = true, .fault_page = f.page };
 	rc = f.page->pgmap->ops->migrate_to_ram(&f);
 	uhmm_page_put(f.page);
-	if (rc)
-		return rc;
-	mm_lock(mm);
-	v = uhmm_vma_find(mm, addr);
-	e = v && v->ents ? v->ents[(addr - v->start) >> UHMM_PAGE_SHIFT] : 0;
-	mm_unlock(mm);
-	/* The driver returned 0 but left the page on the device. */
-	return ENT_STATE(e) == ENT_DEVICE && ENT_PTR(e) == f.page ? -EFAULT : 0;
+	if (!rc && !uhmm_wake_defer.fault_done) {
+		/* The driver returned 0 but left the page on the device? Check
+		 * before waking: once woken, the page may legitimately go back. */
+		mm_lock(mm);
+		v = uhmm_vma_find(mm, addr);
+		e = v && v->ents ? v->ents[(addr - v->start) >> UHMM_PAGE_SHIFT] : 0;
+		mm_unlock(mm);
+		if (ENT_STATE(e) == ENT_DEVICE && ENT_PTR(e) == f.page)
+			rc = -EFAULT;
+	}
+	w = uhmm_wake_defer;
+	uhmm_wake_defer = prev;
+	if (w.end > w.start)
+		uhmm_uffd_wake(mm, w.start, w.end - w.start);
+	return rc;
 }
 
 /* Bring every device-resident or exclusive page of [start, end) back to RAM. */
@@ -641,6 +653,7 @@ void uhmm_mm_close(struct uhmm_mm *mm)
 	uhmm_invalidate(mm, UHMM_EVENT_RELEASE, 0, UINT64_MAX & ~(UHMM_PAGE_SIZE - 1),
 			NULL, 0);
 	uhmm_mm_bring_back(mm, 0, UINT64_MAX);
+	uhmm_migrate_mm_fini(mm);
 	mm_lock(mm);
 	for (size_t i = 0; i < mm->nr_vmas; i++)
 		uhmm_uffd_unregister(mm, mm->vmas[i].start,

@@ -101,6 +101,12 @@ struct uhmm_mm {
 
 	struct uhmm_notif_state *notif;
 
+	/* one idle migration staging area, reused (migrate.c; under lock) */
+	void *stage_cache;
+	uint64_t stage_cache_pages;
+	void *dst_cache;		/* one idle uhmm_migrate_dst_buf area */
+	uint64_t dst_cache_pages;
+
 	_Atomic uint64_t st_faults, st_fills, st_filled_pages, st_device_faults,
 		st_events, st_invalidations;
 
@@ -175,6 +181,19 @@ UHMM_HIDDEN void uhmm_invalidate(struct uhmm_mm *mm, enum uhmm_event ev,
 
 /* migrate.c */
 UHMM_HIDDEN int uhmm_pagemap_evict(struct uhmm_pagemap *pgmap);
+UHMM_HIDDEN void uhmm_migrate_mm_fini(struct uhmm_mm *mm);
+/*
+ * Wakes of a finalize inside a device fault are deferred until the fault
+ * path has dropped its own page reference, so a woken CPU thread never sees
+ * the device page still counted (mm.c sets it, migrate.c fills it).
+ */
+struct uhmm_wake_defer {
+	bool active;
+	bool fault_done;	/* finalize brought the faulting page back */
+	struct uhmm_page *fault_page;
+	uint64_t start, end;
+};
+UHMM_HIDDEN extern __thread struct uhmm_wake_defer uhmm_wake_defer;
 
 /* global list of open mms (mm.c); lock guards next_open */
 UHMM_HIDDEN extern pthread_mutex_t uhmm_mm_list_lock;

@@ -41,6 +41,7 @@ struct uhmm_sim {
 	void *pool;
 	uint64_t capacity;
 	bool evict;
+	bool copy;			/* copy pages instead of moving them */
 	struct uhmm_sim_counters cnt;
 	_Atomic uint64_t dev_pages;
 };
@@ -156,14 +157,18 @@ static int sim_to_sys(struct uhmm_sim *s, uint64_t start, uint64_t end,
 		return err;
 	pthread_mutex_lock(&s->lock);
 	for (uint64_t i = 0; i < n; i++) {
-		void *to = uhmm_migrate_dst_buf(&m, i);
+		void *to = s->copy ? uhmm_migrate_dst_buf(&m, i) : NULL;
 		struct uhmm_page *pg;
 
-		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !to)
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE) || (s->copy && !to))
 			continue;
 		pg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(src[i]));
-		memcpy(to, uhmm_page_to_virt(pg), PG);
-		dst[i] = UHMM_MIGRATE_PFN_SYSTEM;
+		if (s->copy) {
+			memcpy(to, uhmm_page_to_virt(pg), PG);
+			dst[i] = UHMM_MIGRATE_PFN_SYSTEM;
+		} else {
+			dst[i] = UHMM_MIGRATE_PFN_SYSTEM | UHMM_MIGRATE_PFN_MOVE;
+		}
 		pt_erase(s, start + i * PG, start + (i + 1) * PG);
 	}
 	pthread_mutex_unlock(&s->lock);
@@ -218,12 +223,11 @@ int uhmm_sim_create(struct uhmm_mm *mm, const struct uhmm_sim_opts *opts,
 	s->mm = mm;
 	s->capacity = cap;
 	s->evict = opts && opts->evict_when_full;
-	s->pool = mmap(NULL, cap * PG, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (s->pool == MAP_FAILED) {
-		err = -ENOMEM;
+	s->copy = opts && opts->copy_path;
+	/* managed by the same mm: UFFDIO_MOVE can put pages straight in */
+	err = uhmm_mm_alloc(mm, cap * PG, 0, &s->pool);
+	if (err)
 		goto err_free;
-	}
 	err = uhmm_request_free_region(NULL, cap * PG, 0, &start);
 	if (err)
 		goto err_pool;
@@ -252,6 +256,7 @@ err_pgmap:
 err_region:
 	uhmm_release_region(NULL, start);
 err_pool:
+	uhmm_mm_unmanage(mm, s->pool, cap * PG);
 	munmap(s->pool, cap * PG);
 err_free:
 	pthread_mutex_destroy(&s->lock);
@@ -268,6 +273,7 @@ void uhmm_sim_destroy(struct uhmm_sim *s)
 	uhmm_interval_notifier_remove(&s->notifier);
 	pt_erase(s, 0, UINT64_MAX & ~(PG - 1));
 	uhmm_release_region(NULL, s->range.start);
+	uhmm_mm_unmanage(s->mm, s->pool, s->capacity * PG);
 	munmap(s->pool, s->capacity * PG);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
@@ -445,7 +451,9 @@ static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 		.mm = s->mm, .start = start, .end = end, .src = src, .dst = dst,
 		.flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = s,
 	};
-	struct uhmm_page *pages[MIG_PIECE];
+	struct uhmm_page *pages[MIG_PIECE], *batch[MIG_PIECE];
+	uint64_t batch_left = 0, batch_next = 0;
+	bool batch_tried = false;
 	unsigned long seq;
 	int err, done;
 
@@ -459,16 +467,35 @@ static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 		pages[i] = NULL;
 		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
-		if (uhmm_pagemap_alloc_pages(&s->pgmap, 1, 0, &pages[i]))
+		if (!batch_left && !batch_tried) {
+			/* one contiguous run for the piece: moves go in one go */
+			uint64_t want = 0;
+
+			batch_tried = true;
+			for (uint64_t k = i; k < n; k++)
+				want += !!(src[k] & UHMM_MIGRATE_PFN_MIGRATE);
+			if (uhmm_pagemap_alloc_pages(&s->pgmap, want, UHMM_ALLOC_CONTIG,
+						     batch) == 0)
+				batch_left = want;
+		}
+		if (batch_left) {
+			pages[i] = batch[batch_next++];
+			batch_left--;
+		} else if (uhmm_pagemap_alloc_pages(&s->pgmap, 1, 0, &pages[i])) {
 			continue;	/* full: this page stays in RAM */
+		}
 		atomic_fetch_add(&s->dev_pages, 1);
 		pages[i]->zone_device_data = s;
+		dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pages[i]));
+		if (!s->copy) {
+			dst[i] |= UHMM_MIGRATE_PFN_MOVE;	/* uhmm moves it in */
+			continue;
+		}
 		from = uhmm_migrate_src_buf(&m, i);
 		if (from)
 			memcpy(uhmm_page_to_virt(pages[i]), from, PG);
 		else
 			memset(uhmm_page_to_virt(pages[i]), 0, PG);
-		dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pages[i]));
 	}
 	uhmm_migrate_pages(&m);
 	done = uhmm_migrate_finalize(&m);

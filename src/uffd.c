@@ -323,8 +323,11 @@ static int handle_fault(struct uhmm_mm *mm, const struct uffd_msg *msg)
 		rc = uhmm_device_fault(mm, addr, write, tid);
 		if (rc == -EAGAIN)
 			return rc;
-		if (rc < 0)
+		if (rc < 0) {
+			uhmm_log(UHMM_LOG_WARN, "device fault at %#llx failed: %d",
+				 (unsigned long long)addr, rc);
 			handler_sigbus(tid);
+		}
 		uhmm_uffd_wake(mm, addr, UHMM_PAGE_SIZE);
 		return 0;
 	case ENT_EXCLUSIVE:

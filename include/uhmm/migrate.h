@@ -37,6 +37,8 @@
  * the buffer) faults to uhmm, which calls the pagemap's migrate_to_ram().
  * Device -> system: the driver writes the data to uhmm_migrate_dst_buf() and
  * sets dst[i] = UHMM_MIGRATE_PFN_SYSTEM; finalize installs it atomically.
+ * Drivers whose device memory is host memory set UHMM_MIGRATE_PFN_MOVE in
+ * dst[] instead of copying: uhmm moves the pages itself.
  * Only private anonymous memory migrates (shared memory and read-only or
  * forked-and-shared pages are skipped, src[i] = 0, like pinned pages in the
  * kernel). COHERENT pagemaps hold data the same way as PRIVATE ones: a CPU
@@ -62,6 +64,15 @@ extern "C" {
 #define UHMM_MIGRATE_PFN_MIGRATE (1ULL << 1)	/* src: selected, migrating */
 #define UHMM_MIGRATE_PFN_WRITE (1ULL << 3)	/* writable */
 #define UHMM_MIGRATE_PFN_DEVICE (1ULL << 4)	/* pfn is a device pfn */
+/*
+ * dst: uhmm transfers the data itself, between the process and the device
+ * page's host memory (uhmm_page_to_virt), so the driver copies nothing. When
+ * that memory is managed by the same mm (uhmm_mm_alloc), pages move with
+ * UFFDIO_MOVE, in runs, without a copy; otherwise uhmm copies once.
+ * For a system source: dst = uhmm_migrate_pfn(pfn) | UHMM_MIGRATE_PFN_MOVE.
+ * For a device source: dst = UHMM_MIGRATE_PFN_SYSTEM | UHMM_MIGRATE_PFN_MOVE.
+ */
+#define UHMM_MIGRATE_PFN_MOVE (1ULL << 5)
 #define UHMM_MIGRATE_PFN_SHIFT 8
 /* dst: destination is system memory (data in uhmm_migrate_dst_buf) */
 #define UHMM_MIGRATE_PFN_SYSTEM UHMM_MIGRATE_PFN_VALID

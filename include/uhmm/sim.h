@@ -44,6 +44,12 @@ struct uhmm_sim_opts {
 	uint64_t capacity_pages;		/* device memory, 0 = 65536 (256 MiB) */
 	/* when device memory is full, migrate_to_dev evicts the oldest pages */
 	int evict_when_full;
+	/*
+	 * The pool is host memory managed by the same mm, so by default pages
+	 * move in and out with UFFDIO_MOVE (UHMM_MIGRATE_PFN_MOVE); non-zero
+	 * makes the sim copy them itself, like a device with its own memory.
+	 */
+	int copy_path;
 };
 
 /* Snapshot bytes (the values of dmirror's HMM_DMIRROR_PROT_*). */

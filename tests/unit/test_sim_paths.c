@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: MIT
+/* Unit tests for the two data paths of migration: UHMM_MIGRATE_PFN_MOVE
+ * (the sim's default: pages move with UFFDIO_MOVE) and the driver's own copy
+ * (uhmm_sim_opts.copy_path), each byte-exact in both directions. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <uhmm.h>
+#include "t_util.h"
+
+#define NPAGES 1536	/* three 512-page migration pieces */
+
+static struct uhmm_mm *mm;
+static struct uhmm_sim *sim;
+static uint8_t *mem;
+
+static void open_sim(int copy, uint64_t cap)
+{
+	UHMM_OPTS(sim_opts, o, .capacity_pages = cap, .copy_path = copy);
+
+	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
+	ck_assert_int_eq(uhmm_mm_alloc(mm, NPAGES * T_PAGE, 0, (void **)&mem), 0);
+	ck_assert_int_eq(uhmm_sim_create(mm, &o, &sim), 0);
+}
+
+static void close_sim(void)
+{
+	uhmm_sim_destroy(sim);
+	ck_assert_int_eq(uhmm_mm_free(mm, mem, NPAGES * T_PAGE), 0);
+	uhmm_mm_close(mm);
+}
+
+/* Round trip: migrate, CPU touch (fault-back), migrate, migrate back. */
+static void round_trip(int copy)
+{
+	struct uhmm_sim_counters c;
+
+	open_sim(copy, NPAGES);
+	t_fill_pattern(mem, NPAGES * T_PAGE, 11);
+	for (int r = 0; r < 3; r++) {
+		ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, NPAGES), NPAGES);
+		ck_assert_int_eq(uhmm_sim_counters(sim, &c), 0);
+		ck_assert_uint_eq(c.dev_pages, NPAGES);
+		ck_assert_int_eq(t_check_pattern(mem, NPAGES * T_PAGE, 11), -1);
+		ck_assert_int_eq(uhmm_sim_counters(sim, &c), 0);
+		ck_assert_uint_eq(c.cpu_faults, NPAGES);
+		ck_assert_uint_eq(c.dev_pages, 0);	/* counted before the wake */
+	}
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, NPAGES), NPAGES);
+	ck_assert_int_eq(uhmm_sim_migrate_to_sys(sim, (uintptr_t)mem, NPAGES), NPAGES);
+	ck_assert_int_eq(t_check_pattern(mem, NPAGES * T_PAGE, 11), -1);
+	close_sim();
+}
+
+/* Move path: data survives repeated moves in and out of the pool. */
+START_TEST(move_path_round_trip_is_byte_exact)
+{
+	round_trip(0);
+}
+END_TEST
+
+/* Copy path: the same round trip when the driver copies the data. */
+START_TEST(copy_path_round_trip_is_byte_exact)
+{
+	round_trip(1);
+}
+END_TEST
+
+/* Never-touched pages migrate as zero pages on both paths and read as zero. */
+static void zero_pages(int copy)
+{
+	uint8_t *buf = malloc(NPAGES * T_PAGE);
+
+	ck_assert_ptr_nonnull(buf);
+	open_sim(copy, NPAGES);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, NPAGES), NPAGES);
+	memset(buf, 0xff, NPAGES * T_PAGE);
+	ck_assert_int_eq(uhmm_sim_read(sim, (uintptr_t)mem, NPAGES, buf), 0);
+	for (size_t i = 0; i < NPAGES * T_PAGE; i++)
+		ck_assert_uint_eq(buf[i], 0);
+	for (size_t i = 0; i < NPAGES * T_PAGE; i += T_PAGE)
+		ck_assert_uint_eq(mem[i], 0);
+	close_sim();
+	free(buf);
+}
+
+START_TEST(move_path_untouched_pages_read_zero)
+{
+	zero_pages(0);
+}
+END_TEST
+
+START_TEST(copy_path_untouched_pages_read_zero)
+{
+	zero_pages(1);
+}
+END_TEST
+
+/* Pool pages are reused after moving out: stale data never shows through. */
+START_TEST(move_path_reused_pool_pages_hold_new_data)
+{
+	open_sim(0, NPAGES);
+	t_fill_pattern(mem, NPAGES * T_PAGE, 1);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, NPAGES), NPAGES);
+	ck_assert_int_eq(uhmm_sim_migrate_to_sys(sim, (uintptr_t)mem, NPAGES), NPAGES);
+	/* half the pages untouched again (zero), half new data */
+	ck_assert_int_eq(madvise(mem, NPAGES / 2 * T_PAGE, MADV_DONTNEED), 0);
+	t_fill_pattern(mem + NPAGES / 2 * T_PAGE, NPAGES / 2 * T_PAGE, 2);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, NPAGES), NPAGES);
+	for (size_t i = 0; i < NPAGES / 2 * T_PAGE; i += 512)
+		ck_assert_uint_eq(mem[i], 0);
+	ck_assert_int_eq(t_check_pattern(mem + NPAGES / 2 * T_PAGE, NPAGES / 2 * T_PAGE, 2), -1);
+	close_sim();
+}
+END_TEST
+
+/* Device writes land in the pool and come back with the page on either path. */
+static void device_write(int copy)
+{
+	uint8_t *buf = malloc(64 * T_PAGE);
+
+	ck_assert_ptr_nonnull(buf);
+	open_sim(copy, NPAGES);
+	t_fill_pattern(mem, NPAGES * T_PAGE, 3);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, NPAGES), NPAGES);
+	t_fill_pattern(buf, 64 * T_PAGE, 4);
+	ck_assert_int_eq(uhmm_sim_write(sim, (uintptr_t)mem + 100 * T_PAGE, 64, buf), 0);
+	ck_assert_int_eq(uhmm_sim_migrate_to_sys(sim, (uintptr_t)mem, NPAGES), NPAGES);
+	ck_assert_int_eq(t_check_pattern(mem + 100 * T_PAGE, 64 * T_PAGE, 4), -1);
+	ck_assert_int_eq(t_check_pattern(mem, 100 * T_PAGE, 3), -1);
+	close_sim();
+	free(buf);
+}
+
+START_TEST(move_path_device_write_comes_back)
+{
+	device_write(0);
+}
+END_TEST
+
+START_TEST(copy_path_device_write_comes_back)
+{
+	device_write(1);
+}
+END_TEST
+
+int main(void)
+{
+	TCase *mv = tcase_create("move_path"), *cp = tcase_create("copy_path");
+
+	tcase_add_test(mv, move_path_round_trip_is_byte_exact);
+	tcase_add_test(mv, move_path_untouched_pages_read_zero);
+	tcase_add_test(mv, move_path_reused_pool_pages_hold_new_data);
+	tcase_add_test(mv, move_path_device_write_comes_back);
+	tcase_add_test(cp, copy_path_round_trip_is_byte_exact);
+	tcase_add_test(cp, copy_path_untouched_pages_read_zero);
+	tcase_add_test(cp, copy_path_device_write_comes_back);
+	return t_run_suite("sim_paths", mv, cp, NULL);
+}
