@@ -222,9 +222,14 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			      (m->fault_page->pgmap->type != UHMM_PAGEMAP_PRIVATE &&
 			       m->fault_page->pgmap->type != UHMM_PAGEMAP_COHERENT)))
 		return -EINVAL;
-	err = uhmm_vma_query(mm, m->start, &vi);
-	if (err || vi.start > m->start || vi.end < m->end)
-		return -EINVAL;
+	/* The kernel's view matters only for system pages (writability);
+	 * device pages are known from the managed range alone. */
+	vi.prot = 0;
+	if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM) {
+		err = uhmm_vma_query(mm, m->start, &vi);
+		if (err || vi.start > m->start || vi.end < m->end)
+			return -EINVAL;
+	}
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
