@@ -26,6 +26,36 @@
 #define UHMM_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define UHMM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* An address or pfn interval [start, end); arrays of them are kept sorted and disjoint. */
+struct uhmm_span {
+	uint64_t start;
+	uint64_t end;				/* exclusive */
+};
+
+/*
+ * Index of the first of @nr sorted, disjoint spans whose end is above @addr
+ * (@nr if none): the only span that can contain @addr or overlap an interval
+ * starting at @addr. Span i is at (char *)@spans + i * @stride, so arrays of
+ * structs that begin with a struct uhmm_span are searched in place.
+ */
+static inline size_t uhmm_span_search(const void *spans, size_t nr,
+				      size_t stride, uint64_t addr)
+{
+	size_t lo = 0, hi = nr;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		const struct uhmm_span *s =
+			(const void *)((const char *)spans + mid * stride);
+
+		if (s->end <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 /* log.c */
 UHMM_HIDDEN void uhmm_log(enum uhmm_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 /* pagemap.c - device memory registry (the user-space dev_pagemap): page
- * structs, pfn lookup, pagemap refcount and teardown, device page allocator.
- * API in include/uhmm/pagemap.h; helpers for other parts in pagemap_internal.h. */
+ * structs, pfn lookup, pagemap refcount and teardown; the free page pool is
+ * in pagemap_alloc.c. API in include/uhmm/pagemap.h; helpers for other parts
+ * in pagemap_internal.h. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -39,7 +40,6 @@
 
 #define PM_NSHARDS 32		/* reader and get-ref shards (threads map to one each) */
 #define PM_CACHELINE 64
-#define PM_NONE UINT64_MAX
 #define PM_MAX_PAGES (1ULL << 36) /* 256 TiB of device memory per pagemap */
 #define PM_GETS_DYING (1L << 62)	/* in each gets[] word: teardown started */
 #define PM_GETS_COUNT (PM_GETS_DYING - 1)
@@ -142,21 +142,16 @@ struct uhmm_pagemap_priv {
 	bool base_dropped;			/* the unmapping thread's: base ref gone */
 	atomic_bool dying;			/* written under lock, read anywhere */
 
-	/* lock protects: bm, bm_sum, sum_hint, writes of ref, nr_free and dying, page flags */
+	/* lock protects: pool (but reads of pool.nr_free), writes of ref and dying, page flags */
 	pthread_mutex_t lock;
 	atomic_long ref;			/* base ref + pages with refcount > 0 */
-	_Atomic uint64_t nr_free;
-	uint64_t *bm;				/* one bit per page, set = free */
-	uint64_t *bm_sum;			/* bit w set iff bm[w] != 0 */
-	size_t nr_sum;
-	size_t sum_hint;			/* bm_sum words below it are all 0 */
+	struct uhmm_page_pool pool;		/* free pages */
 
 	struct pm_count gets[PM_NSHARDS];	/* get refs per shard, | PM_GETS_DYING */
 };
 
 struct pm_ent {
-	uint64_t start;				/* pfns, [start, end) */
-	uint64_t end;
+	struct uhmm_span pfns;			/* first member: see uhmm_span_search */
 	struct uhmm_page *pages;		/* page struct of start */
 	struct uhmm_pagemap_priv *priv;
 };
@@ -181,47 +176,52 @@ static inline struct uhmm_pagemap_priv *pm_priv(const struct uhmm_pagemap *pgmap
 	return __atomic_load_n(&pgmap->priv, __ATOMIC_SEQ_CST);
 }
 
+/*
+ * Enter a read section (token in *@tok, for pm_read_unlock) and load
+ * @pgmap's private state: NULL if unregistered, else usable until unlock.
+ */
+static inline struct uhmm_pagemap_priv *pm_priv_read_lock(const struct uhmm_pagemap *pgmap,
+							  unsigned *tok)
+{
+	*tok = pm_read_lock();
+	return pm_priv(pgmap);
+}
+
+/* The first entry of @snap (may be NULL) that ends above @pfn, or NULL. */
+static inline const struct pm_ent *pm_search(const struct pm_snap *snap,
+					     uint64_t pfn)
+{
+	size_t i;
+
+	if (!snap)
+		return NULL;
+	i = uhmm_span_search(snap->ent, snap->nr, sizeof(snap->ent[0]), pfn);
+	return i < snap->nr ? &snap->ent[i] : NULL;
+}
+
 /* The entry covering @pfn, or NULL. */
 static inline const struct pm_ent *pm_find(const struct pm_snap *snap,
 					   uint64_t pfn)
 {
-	size_t lo = 0, hi = snap->nr;
+	const struct pm_ent *e = pm_search(snap, pfn);
 
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (snap->ent[mid].end <= pfn)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	if (lo < snap->nr && snap->ent[lo].start <= pfn)
-		return &snap->ent[lo];
-	return NULL;
+	return e && e->pfns.start <= pfn ? e : NULL;
 }
 
 /* Does [start, end) (pfns) intersect a published range? */
 static bool pm_overlaps(const struct pm_snap *snap, uint64_t start,
 			uint64_t end)
 {
-	size_t lo = 0, hi = snap ? snap->nr : 0;
+	const struct pm_ent *e = pm_search(snap, start);
 
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (snap->ent[mid].end <= start)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return snap && lo < snap->nr && snap->ent[lo].start < end;
+	return e && e->pfns.start < end;
 }
 
 static int pm_ent_cmp(const void *a, const void *b)
 {
 	const struct pm_ent *x = a, *y = b;
 
-	return x->start < y->start ? -1 : x->start > y->start;
+	return x->pfns.start < y->pfns.start ? -1 : x->pfns.start > y->pfns.start;
 }
 
 static struct uhmm_pagemap_priv *pm_registered_locked(const struct uhmm_pagemap *pgmap)
@@ -298,82 +298,6 @@ static void pm_wake(void)
 }
 
 /* ---------------------------------------------------------------------- */
-/* Free page bitmap (two levels, lowest free page first)                 */
-
-static void pm_bm_free_locked(struct uhmm_pagemap_priv *priv, uint64_t idx)
-{
-	size_t w = idx / 64;
-
-	priv->bm[w] |= 1ULL << (idx % 64);
-	priv->bm_sum[w / 64] |= 1ULL << (w % 64);
-	if (w / 64 < priv->sum_hint)
-		priv->sum_hint = w / 64;
-}
-
-static void pm_bm_take_locked(struct uhmm_pagemap_priv *priv, uint64_t idx)
-{
-	size_t w = idx / 64;
-
-	priv->bm[w] &= ~(1ULL << (idx % 64));
-	if (!priv->bm[w])
-		priv->bm_sum[w / 64] &= ~(1ULL << (w % 64));
-}
-
-/* Lowest free page, or PM_NONE. O(1) while the hint word has free pages. */
-static uint64_t pm_bm_first_locked(struct uhmm_pagemap_priv *priv)
-{
-	for (size_t s = priv->sum_hint; s < priv->nr_sum; s++) {
-		if (priv->bm_sum[s]) {
-			size_t w = s * 64 + (size_t)__builtin_ctzll(priv->bm_sum[s]);
-
-			priv->sum_hint = s;
-			return (uint64_t)w * 64 + (uint64_t)__builtin_ctzll(priv->bm[w]);
-		}
-	}
-	priv->sum_hint = priv->nr_sum;
-	return PM_NONE;
-}
-
-/* First index in [i, end) whose bit equals @set, or end. */
-static uint64_t pm_bm_next(const uint64_t *bm, uint64_t i, uint64_t end,
-			   bool set)
-{
-	while (i < end) {
-		uint64_t w = set ? bm[i / 64] : ~bm[i / 64];
-
-		w &= ~0ULL << (i % 64);
-		if (w) {
-			uint64_t r = (i & ~63ULL) + (uint64_t)__builtin_ctzll(w);
-
-			return r < end ? r : end;
-		}
-		i = (i | 63) + 1;
-	}
-	return end;
-}
-
-/* Mark pages [lo, hi) free (initialisation). */
-static void pm_bm_fill(struct uhmm_pagemap_priv *priv, uint64_t lo, uint64_t hi)
-{
-	uint64_t i = lo;
-
-	while (i < hi) {
-		if (i % 64 == 0 && hi - i >= 64) {
-			priv->bm[i / 64] = ~0ULL;
-			i += 64;
-		} else {
-			priv->bm[i / 64] |= 1ULL << (i % 64);
-			i++;
-		}
-	}
-	for (size_t w = 0; w < priv->nr_sum * 64; w++)
-		if (w < (priv->nr_pages + 63) / 64 && priv->bm[w])
-			priv->bm_sum[w / 64] |= 1ULL << (w % 64);
-	priv->sum_hint = 0;
-	atomic_store(&priv->nr_free, hi - lo);
-}
-
-/* ---------------------------------------------------------------------- */
 /* memremap                                                               */
 
 static uint64_t pm_memmap_pages(uint64_t nr_pages)
@@ -438,7 +362,7 @@ static void pm_priv_free(struct uhmm_pagemap_priv *priv)
 		return;
 	if (!priv->pages_in_base)
 		free(priv->pages);
-	free(priv->bm);
+	uhmm_page_pool_fini(&priv->pool);
 	free(priv->first);
 	free(priv->ranges);
 	pthread_mutex_destroy(&priv->lock);
@@ -450,7 +374,6 @@ static int pm_priv_create(struct uhmm_pagemap *pgmap, uint64_t nr_pages,
 			  struct uhmm_pagemap_priv **out)
 {
 	struct uhmm_pagemap_priv *priv;
-	size_t nr_words = (nr_pages + 63) / 64;
 	uint64_t idx = 0;
 
 	priv = aligned_alloc(PM_CACHELINE, sizeof(*priv));
@@ -465,10 +388,8 @@ static int pm_priv_create(struct uhmm_pagemap *pgmap, uint64_t nr_pages,
 	priv->nr_pages = nr_pages;
 	priv->base = pgmap->base;
 	atomic_init(&priv->ref, 1);		/* the base reference */
-	priv->nr_sum = (nr_words + 63) / 64;
 	priv->ranges = malloc(pgmap->nr_range * sizeof(*priv->ranges));
 	priv->first = malloc((pgmap->nr_range + 1) * sizeof(*priv->first));
-	priv->bm = calloc(nr_words + priv->nr_sum, sizeof(uint64_t));
 	if (pgmap->flags & UHMM_PGMAP_ALTMAP) {
 		priv->pages_in_base = true;
 		priv->pages = (struct uhmm_page *)(priv->base +
@@ -476,19 +397,22 @@ static int pm_priv_create(struct uhmm_pagemap *pgmap, uint64_t nr_pages,
 	} else {
 		priv->pages = malloc(nr_pages * sizeof(*priv->pages));
 	}
-	if (!priv->ranges || !priv->first || !priv->bm || !priv->pages) {
-		pm_priv_free(priv);
-		return -ENOMEM;
-	}
-	priv->bm_sum = priv->bm + nr_words;
+	if (!priv->ranges || !priv->first || !priv->pages)
+		goto err_free;
 	memcpy(priv->ranges, pgmap->ranges, pgmap->nr_range * sizeof(*priv->ranges));
 	for (unsigned r = 0; r < pgmap->nr_range; r++) {
 		priv->first[r] = idx;
 		idx += (priv->ranges[r].end - priv->ranges[r].start) >> UHMM_PAGE_SHIFT;
 	}
 	priv->first[pgmap->nr_range] = idx;
+	if (uhmm_page_pool_init(&priv->pool, priv->pages, priv->first, priv->nr_range))
+		goto err_free;
 	*out = priv;
 	return 0;
+
+err_free:
+	pm_priv_free(priv);
+	return -ENOMEM;
 }
 
 /* Write the page structs and the free pool. For ALTMAP this writes to base. */
@@ -505,7 +429,7 @@ static void pm_pages_init(struct uhmm_pagemap_priv *priv, uint64_t unusable)
 			page->run = r;
 		}
 	}
-	pm_bm_fill(priv, unusable, priv->nr_pages);
+	uhmm_page_pool_fill(&priv->pool, unusable, priv->nr_pages);
 }
 
 /* The published array plus @priv's ranges, sorted; NULL on ENOMEM. */
@@ -523,8 +447,8 @@ static struct pm_snap *pm_snap_with(const struct pm_snap *old,
 	for (unsigned r = 0; r < priv->nr_range; r++) {
 		struct pm_ent *e = &snap->ent[nr_old + r];
 
-		e->start = priv->ranges[r].start >> UHMM_PAGE_SHIFT;
-		e->end = priv->ranges[r].end >> UHMM_PAGE_SHIFT;
+		e->pfns.start = priv->ranges[r].start >> UHMM_PAGE_SHIFT;
+		e->pfns.end = priv->ranges[r].end >> UHMM_PAGE_SHIFT;
 		e->pages = &priv->pages[priv->first[r]];
 		e->priv = priv;
 	}
@@ -577,7 +501,7 @@ int uhmm_memremap_pages(struct uhmm_pagemap *pgmap)
 		goto err_priv;
 	}
 	for (size_t i = 1; i < snap->nr; i++) {
-		if (snap->ent[i - 1].end > snap->ent[i].start) {
+		if (snap->ent[i - 1].pfns.end > snap->ent[i].pfns.start) {
 			free(snap);
 			ret = -EINVAL;
 			goto err_priv;
@@ -762,9 +686,8 @@ void uhmm_pagemap_set_evict_hook(uhmm_pagemap_evict_fn fn)
 struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn)
 {
 	unsigned tok = pm_read_lock();
-	const struct pm_snap *snap = atomic_load(&pm_published);
-	const struct pm_ent *e = snap ? pm_find(snap, pfn) : NULL;
-	struct uhmm_page *page = e ? e->pages + (pfn - e->start) : NULL;
+	const struct pm_ent *e = pm_find(atomic_load(&pm_published), pfn);
+	struct uhmm_page *page = e ? e->pages + (pfn - e->pfns.start) : NULL;
 
 	pm_read_unlock(tok);
 	return page;
@@ -803,7 +726,6 @@ void *uhmm_page_to_virt(const struct uhmm_page *page)
 int uhmm_get_dev_pagemap(uint64_t pfn, struct uhmm_pagemap **out)
 {
 	struct uhmm_pagemap_priv *priv;
-	const struct pm_snap *snap;
 	const struct pm_ent *e;
 	unsigned tok;
 	int ret = 0;
@@ -811,8 +733,7 @@ int uhmm_get_dev_pagemap(uint64_t pfn, struct uhmm_pagemap **out)
 	if (!out)
 		return -EINVAL;
 	tok = pm_read_lock();
-	snap = atomic_load(&pm_published);
-	e = snap ? pm_find(snap, pfn) : NULL;
+	e = pm_find(atomic_load(&pm_published), pfn);
 	if (!e) {
 		ret = -ENOENT;
 		goto out;
@@ -853,8 +774,7 @@ int uhmm_put_dev_pagemap(struct uhmm_pagemap *pgmap)
 	v = pm_gets_dec(priv, pm_shard());
 	if (v < 0) {
 		/* Not in our shard: taken on another thread, or never taken. */
-		tok = pm_read_lock();
-		priv = pm_priv(pgmap);
+		priv = pm_priv_read_lock(pgmap, &tok);
 		v = priv ? pm_gets_put(priv, tok >> 1) : -1;
 		pm_read_unlock(tok);
 		if (v < 0)
@@ -868,18 +788,23 @@ int uhmm_put_dev_pagemap(struct uhmm_pagemap *pgmap)
 /* ---------------------------------------------------------------------- */
 /* Pages                                                                  */
 
-int uhmm_page_get(struct uhmm_page *page)
+/* Add @d to @page's refcount unless the page is free; the count before, or <= 0. */
+static long pm_page_ref_add(struct uhmm_page *page, long d)
 {
-	long r;
+	long r = __atomic_load_n(&page->refcount, __ATOMIC_RELAXED);
 
-	if (!page)
-		return -EINVAL;
-	r = __atomic_load_n(&page->refcount, __ATOMIC_RELAXED);
 	do {
 		if (r <= 0)
-			return -EINVAL;
-	} while (!__atomic_compare_exchange_n(&page->refcount, &r, r + 1, true,
+			return r;
+	} while (!__atomic_compare_exchange_n(&page->refcount, &r, r + d, true,
 					      __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+	return r;
+}
+
+int uhmm_page_get(struct uhmm_page *page)
+{
+	if (!page || pm_page_ref_add(page, 1) <= 0)
+		return -EINVAL;
 	return 0;
 }
 
@@ -893,12 +818,9 @@ int uhmm_page_put(struct uhmm_page *page)
 
 	if (!page)
 		return -EINVAL;
-	r = __atomic_load_n(&page->refcount, __ATOMIC_RELAXED);
-	do {
-		if (r <= 0)
-			return -EINVAL;
-	} while (!__atomic_compare_exchange_n(&page->refcount, &r, r - 1, true,
-					      __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+	r = pm_page_ref_add(page, -1);
+	if (r <= 0)
+		return -EINVAL;
 	if (r > 1)
 		return 0;
 	/* Last reference: the page still pins the pagemap until ref-- below. */
@@ -911,8 +833,7 @@ int uhmm_page_put(struct uhmm_page *page)
 	if (!UHMM_WARN_ON(!(flags & UHMM_PAGE_ALLOCATED))) {
 		__atomic_store_n(&page->flags, flags & ~UHMM_PAGE_ALLOCATED,
 				 __ATOMIC_RELAXED);
-		pm_bm_free_locked(priv, (uint64_t)(page - priv->pages));
-		atomic_fetch_add(&priv->nr_free, 1);
+		uhmm_page_pool_release(&priv->pool, (uint64_t)(page - priv->pages));
 		atomic_fetch_sub(&priv->ref, 1);
 	}
 	dying = atomic_load_explicit(&priv->dying, memory_order_relaxed);
@@ -924,61 +845,18 @@ int uhmm_page_put(struct uhmm_page *page)
 }
 
 /* ---------------------------------------------------------------------- */
-/* Allocator                                                              */
-
-static void pm_take_locked(struct uhmm_pagemap_priv *priv, uint64_t idx,
-			   struct uhmm_page **out)
-{
-	struct uhmm_page *page = &priv->pages[idx];
-
-	pm_bm_take_locked(priv, idx);
-	__atomic_store_n(&page->flags, UHMM_PAGE_ALLOCATED, __ATOMIC_RELAXED);
-	__atomic_store_n(&page->refcount, 1, __ATOMIC_RELEASE);
-	*out = page;
-}
-
-static int pm_alloc_contig_locked(struct uhmm_pagemap_priv *priv, uint64_t n,
-				  struct uhmm_page **pages)
-{
-	for (unsigned r = 0; r < priv->nr_range; r++) {
-		uint64_t i = priv->first[r], hi = priv->first[r + 1];
-
-		/* Lowest run of n free pages inside range r. */
-		while (hi - i >= n) {
-			uint64_t s = pm_bm_next(priv->bm, i, hi, true), e;
-
-			if (hi - s < n)
-				break;
-			e = pm_bm_next(priv->bm, s, s + n, false);
-			if (e == s + n) {
-				for (uint64_t k = 0; k < n; k++)
-					pm_take_locked(priv, s + k, &pages[k]);
-				return 0;
-			}
-			i = e;
-		}
-	}
-	return -ENOSPC;
-}
-
-static void pm_alloc_any_locked(struct uhmm_pagemap_priv *priv, uint64_t n,
-				struct uhmm_page **pages)
-{
-	for (uint64_t k = 0; k < n; k++)
-		pm_take_locked(priv, pm_bm_first_locked(priv), &pages[k]);
-}
+/* Allocation (the free page pool itself is in pagemap_alloc.c)           */
 
 int uhmm_pagemap_alloc_pages(struct uhmm_pagemap *pgmap, uint64_t n,
 			     unsigned int flags, struct uhmm_page **pages)
 {
 	struct uhmm_pagemap_priv *priv;
 	unsigned tok;
-	int ret = 0;
+	int ret;
 
 	if (!pgmap || !pages || !n || (flags & ~UHMM_ALLOC_CONTIG))
 		return -EINVAL;
-	tok = pm_read_lock();
-	priv = pm_priv(pgmap);
+	priv = pm_priv_read_lock(pgmap, &tok);
 	if (!priv) {
 		pm_read_unlock(tok);
 		return -EINVAL;
@@ -986,51 +864,40 @@ int uhmm_pagemap_alloc_pages(struct uhmm_pagemap *pgmap, uint64_t n,
 	pthread_mutex_lock(&priv->lock);
 	if (atomic_load_explicit(&priv->dying, memory_order_relaxed))
 		ret = -EINVAL;
-	else if (n > atomic_load_explicit(&priv->nr_free, memory_order_relaxed))
-		ret = -ENOSPC;
-	else if ((flags & UHMM_ALLOC_CONTIG) && n > 1)
-		ret = pm_alloc_contig_locked(priv, n, pages);
 	else
-		pm_alloc_any_locked(priv, n, pages);
-	if (!ret) {
+		ret = uhmm_page_pool_alloc(&priv->pool, n, flags, pages);
+	if (!ret)
 		atomic_fetch_add(&priv->ref, (long)n);
-		atomic_fetch_sub(&priv->nr_free, n);
-	}
 	pthread_mutex_unlock(&priv->lock);
+	pm_read_unlock(tok);
+	return ret;
+}
+
+/* @pgmap's number of pages (@free_only: free pages), or -EINVAL. */
+static int64_t pm_count(struct uhmm_pagemap *pgmap, bool free_only)
+{
+	struct uhmm_pagemap_priv *priv;
+	int64_t ret = -EINVAL;
+	unsigned tok;
+
+	if (!pgmap)
+		return -EINVAL;
+	priv = pm_priv_read_lock(pgmap, &tok);
+	if (priv)
+		ret = free_only ? (int64_t)atomic_load(&priv->pool.nr_free)
+				: (int64_t)priv->nr_pages;
 	pm_read_unlock(tok);
 	return ret;
 }
 
 int64_t uhmm_pagemap_nr_free(struct uhmm_pagemap *pgmap)
 {
-	struct uhmm_pagemap_priv *priv;
-	int64_t ret = -EINVAL;
-	unsigned tok;
-
-	if (!pgmap)
-		return -EINVAL;
-	tok = pm_read_lock();
-	priv = pm_priv(pgmap);
-	if (priv)
-		ret = (int64_t)atomic_load(&priv->nr_free);
-	pm_read_unlock(tok);
-	return ret;
+	return pm_count(pgmap, true);
 }
 
 int64_t uhmm_pagemap_nr_pages(struct uhmm_pagemap *pgmap)
 {
-	struct uhmm_pagemap_priv *priv;
-	int64_t ret = -EINVAL;
-	unsigned tok;
-
-	if (!pgmap)
-		return -EINVAL;
-	tok = pm_read_lock();
-	priv = pm_priv(pgmap);
-	if (priv)
-		ret = (int64_t)priv->nr_pages;
-	pm_read_unlock(tok);
-	return ret;
+	return pm_count(pgmap, false);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1044,8 +911,7 @@ struct uhmm_page *uhmm_pagemap_page(struct uhmm_pagemap *pgmap, uint64_t idx)
 
 	if (!pgmap)
 		return NULL;
-	tok = pm_read_lock();
-	priv = pm_priv(pgmap);
+	priv = pm_priv_read_lock(pgmap, &tok);
 	if (priv && idx < priv->nr_pages)
 		page = &priv->pages[idx];
 	pm_read_unlock(tok);
@@ -1060,8 +926,7 @@ bool uhmm_pagemap_is_dying(struct uhmm_pagemap *pgmap)
 
 	if (!pgmap)
 		return true;
-	tok = pm_read_lock();
-	priv = pm_priv(pgmap);
+	priv = pm_priv_read_lock(pgmap, &tok);
 	if (priv)
 		dying = atomic_load(&priv->dying);
 	pm_read_unlock(tok);

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * pagemap_internal.h - what the pagemap offers the rest of uhmm (migrate,
- * sim, dax): the teardown eviction hook and page iteration helpers.
+ * sim, dax): the teardown eviction hook and page iteration helpers; and the
+ * device page allocator (pagemap_alloc.c) that pagemap.c builds on.
  * Nothing here is exported.
  */
 #ifndef UHMM_PAGEMAP_INTERNAL_H
@@ -41,5 +42,53 @@ UHMM_HIDDEN uint64_t uhmm_page_index(const struct uhmm_page *page);
  * allocations), and for NULL or unregistered pagemaps.
  */
 UHMM_HIDDEN bool uhmm_pagemap_is_dying(struct uhmm_pagemap *pgmap);
+
+/* ---------------------------------------------------------------------- */
+/* Device page allocator (pagemap_alloc.c)                                */
+
+/*
+ * The free pages of one pagemap: a two-level bitmap, one bit per page
+ * (set = free), that finds the lowest free page in O(1) and a contiguous
+ * run inside one range by scanning words. It lives in the pagemap's private
+ * state, and the pagemap's lock protects all of it; nr_free is also read
+ * without the lock.
+ */
+struct uhmm_page_pool {
+	struct uhmm_page *pages;		/* the pagemap's page structs */
+	const uint64_t *first;			/* first page index per range; [nr_range] = nr_pages */
+	unsigned int nr_range;
+	_Atomic uint64_t nr_free;
+	uint64_t *bm;				/* one bit per page, set = free */
+	uint64_t *bm_sum;			/* bit w set iff bm[w] != 0 */
+	size_t nr_words;			/* of bm */
+	size_t nr_sum;				/* of bm_sum */
+	size_t sum_hint;			/* bm_sum words below it are all 0 */
+};
+
+/*
+ * Set up an empty pool (no page free yet) over @pages, whose ranges start at
+ * the indices in @first (@nr_range + 1 entries; both arrays must outlive the
+ * pool). Return: 0 or -ENOMEM.
+ */
+UHMM_HIDDEN int uhmm_page_pool_init(struct uhmm_page_pool *pool,
+				    struct uhmm_page *pages,
+				    const uint64_t *first, unsigned int nr_range);
+/* Free what init allocated; a zeroed pool is fine too. */
+UHMM_HIDDEN void uhmm_page_pool_fini(struct uhmm_page_pool *pool);
+/* Mark pages [@lo, @hi) free; once, before the pool is used. */
+UHMM_HIDDEN void uhmm_page_pool_fill(struct uhmm_page_pool *pool, uint64_t lo,
+				     uint64_t hi);
+
+/*
+ * Take @n pages, lowest first (UHMM_ALLOC_CONTIG: the lowest run of @n
+ * consecutive pages inside one range), mark each UHMM_PAGE_ALLOCATED with
+ * refcount 1 and store them in @out. Context: the pagemap's lock held.
+ * Return: 0, or -ENOSPC (fewer than @n free, or no such run): nothing taken.
+ */
+UHMM_HIDDEN int uhmm_page_pool_alloc(struct uhmm_page_pool *pool, uint64_t n,
+				     unsigned int flags, struct uhmm_page **out);
+/* Give page @idx back to the pool. Context: the pagemap's lock held. */
+UHMM_HIDDEN void uhmm_page_pool_release(struct uhmm_page_pool *pool,
+					uint64_t idx);
 
 #endif

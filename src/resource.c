@@ -7,18 +7,13 @@
 #include <uhmm/pagemap.h>
 #include "internal.h"
 
-struct uhmm_res_region {
-	uint64_t start;
-	uint64_t end;				/* exclusive */
-};
-
 struct uhmm_resource {
 	uint64_t start;				/* span, constant */
 	uint64_t end;
 	pthread_mutex_t lock;			/* protects nr, cap, reg */
 	size_t nr;
 	size_t cap;
-	struct uhmm_res_region *reg;		/* sorted by start, disjoint */
+	struct uhmm_span *reg;			/* sorted by start, disjoint */
 };
 
 /* The process-global tree: statically initialised, so no init race. */
@@ -71,18 +66,8 @@ void uhmm_resource_destroy(struct uhmm_resource *res)
 /* Index of the first region whose end is above @addr (nr if none). */
 static size_t res_first_above(const struct uhmm_resource *res, uint64_t addr)
 {
-	size_t lo = 0, hi = res->nr;
-
 	uhmm_lockdep_assert_held(&res->lock);
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (res->reg[mid].end <= addr)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
+	return uhmm_span_search(res->reg, res->nr, sizeof(res->reg[0]), addr);
 }
 
 /* Insert [start, end) at index @at, which keeps the array sorted. */
@@ -92,7 +77,7 @@ static int res_insert_locked(struct uhmm_resource *res, size_t at,
 	uhmm_lockdep_assert_held(&res->lock);
 	if (res->nr == res->cap) {
 		size_t cap = res->cap ? res->cap * 2 : 16;
-		struct uhmm_res_region *reg;
+		struct uhmm_span *reg;
 
 		reg = realloc(res->reg, cap * sizeof(*reg));
 		if (!reg)

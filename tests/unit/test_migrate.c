@@ -196,59 +196,6 @@ static int drv_to_sys(struct drv *d, void *addr, uint64_t n, bool give_dst)
 	return uhmm_migrate_finalize(&m);
 }
 
-/* Notifier that records events. */
-struct rec {
-	struct uhmm_interval_notifier n;
-	pthread_mutex_t lock;
-	int nev;
-	enum uhmm_event ev[256];
-	void *owner[256];
-};
-
-static bool rec_invalidate(struct uhmm_interval_notifier *sub,
-			   const struct uhmm_notifier_range *r, unsigned long seq)
-{
-	struct rec *x = (struct rec *)(void *)sub;
-
-	pthread_mutex_lock(&x->lock);
-	uhmm_interval_set_seq(sub, seq);
-	if (x->nev < 256) {
-		x->ev[x->nev] = r->event;
-		x->owner[x->nev++] = r->owner;
-	}
-	pthread_mutex_unlock(&x->lock);
-	return true;
-}
-
-static const struct uhmm_interval_notifier_ops rec_ops = { .invalidate = rec_invalidate };
-
-static struct rec *rec_new(void *p, size_t len)
-{
-	struct rec *x = calloc(1, sizeof(*x));
-
-	pthread_mutex_init(&x->lock, NULL);
-	ck_assert_int_eq(uhmm_interval_notifier_insert(&x->n, mm, (uint64_t)(uintptr_t)p,
-						       len, &rec_ops), 0);
-	return x;
-}
-
-static bool rec_has(struct rec *x, enum uhmm_event ev, void *owner)
-{
-	bool hit = false;
-
-	pthread_mutex_lock(&x->lock);
-	for (int i = 0; i < x->nev; i++)
-		hit |= x->ev[i] == ev && x->owner[i] == owner;
-	pthread_mutex_unlock(&x->lock);
-	return hit;
-}
-
-static void rec_free(struct rec *x)
-{
-	ck_assert_int_eq(uhmm_interval_notifier_remove(&x->n), 0);
-	free(x);
-}
-
 static uint8_t *map_managed(size_t len)
 {
 	uint8_t *p = t_map_anon(len);
@@ -325,18 +272,19 @@ END_TEST
 START_TEST(setup_collects_system_pages)
 {
 	uint64_t src[NP], dst[NP];
-	struct rec *r = rec_new(mem, LEN);
+	struct t_rec *r = t_rec_new();
 	struct uhmm_migrate m = {
 		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, NP), .src = src,
 		.dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = drv,
 	};
 
+	t_rec_insert(r, mm, mem, LEN);
 	t_fill_pattern(mem, LEN, 2);
 	memset(src, 0xff, sizeof(src));
 	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
 	ck_assert_uint_eq(m.npages, NP);
 	ck_assert_uint_eq(m.cpages, NP);
-	ck_assert(rec_has(r, UHMM_EVENT_MIGRATE, drv));
+	ck_assert(t_rec_has(r, UHMM_EVENT_MIGRATE, drv));
 	for (int i = 0; i < NP; i++) {
 		ck_assert_uint_eq(src[i], UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_VALID |
 					  UHMM_MIGRATE_PFN_WRITE);
@@ -349,7 +297,7 @@ START_TEST(setup_collects_system_pages)
 	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
 	ck_assert_int_eq(t_check_pattern(mem, LEN, 2), -1);
 	ck_assert_int_eq(atomic_load(&drv->to_ram), 0);
-	rec_free(r);
+	t_rec_free(r);
 }
 END_TEST
 
@@ -772,23 +720,24 @@ END_TEST
 START_TEST(exclusive_device_changes_visible)
 {
 	void *pages[4] = { 0 };
-	struct rec *r = rec_new(mem, LEN);
+	struct t_rec *r = t_rec_new();
 
+	t_rec_insert(r, mm, mem, LEN);
 	t_fill_pattern(mem, LEN, 16);
 	ck_assert_int_eq(uhmm_make_device_exclusive(mm, ADDR(mem, 0), 4, drv, pages), 0);
-	ck_assert(rec_has(r, UHMM_EVENT_EXCLUSIVE, drv));
+	ck_assert(t_rec_has(r, UHMM_EVENT_EXCLUSIVE, drv));
 	for (int i = 0; i < 4; i++) {
 		ck_assert_ptr_nonnull(pages[i]);
 		ck_assert_int_eq(t_check_pattern(pages[i], T_PAGE, 16 + (uint64_t)i * T_PAGE / 8), -1);
 		t_fill_pattern(pages[i], T_PAGE, 100 + (uint64_t)i);
 	}
-	ck_assert(!rec_has(r, UHMM_EVENT_CLEAR, NULL));
+	ck_assert(!t_rec_has(r, UHMM_EVENT_CLEAR, NULL));
 	for (int i = 0; i < 4; i++)
 		ck_assert_int_eq(t_check_pattern(mem + i * T_PAGE, T_PAGE, 100 + (uint64_t)i), -1);
-	ck_assert(rec_has(r, UHMM_EVENT_CLEAR, NULL));
+	ck_assert(t_rec_has(r, UHMM_EVENT_CLEAR, NULL));
 	ck_assert_int_eq(t_check_pattern(mem + 4 * T_PAGE, LEN - 4 * T_PAGE,
 					 16 + 4 * T_PAGE / 8), -1);
-	rec_free(r);
+	t_rec_free(r);
 }
 END_TEST
 
@@ -831,41 +780,27 @@ END_TEST
 
 int main(void)
 {
-	TCase *tsetup = tcase_create("migrate_setup");
-	TCase *tbufs = tcase_create("migrate_src_dst_buf");
-	TCase *tpages = tcase_create("migrate_pages");
-	TCase *tfin = tcase_create("migrate_finalize");
-	TCase *trange = tcase_create("migrate_device_range");
-	TCase *tunmap = tcase_create("memunmap_pages");
-	TCase *tfork = tcase_create("fork");
-	TCase *texcl = tcase_create("make_device_exclusive");
-	TCase *all[] = { tsetup, tbufs, tpages, tfin, trange, tunmap, tfork, texcl };
+	TCase *tsetup = T_TCASE("migrate_setup", setup, teardown, setup_bad_args_einval,
+				setup_collects_system_pages, setup_untouched_pages_have_no_data,
+				setup_skips_shared_readonly_and_foreign,
+				setup_isolates_cpu_writer_waits);
+	TCase *tbufs = T_TCASE("migrate_src_dst_buf", setup, teardown, bufs_bad_args_null,
+			       bufs_device_source_has_dst_buf);
+	TCase *tpages = T_TCASE("migrate_pages", setup, teardown, pages_bad_args_einval,
+				pages_unknown_device_pfn_dropped);
+	TCase *tfin = T_TCASE("migrate_finalize", setup, teardown, finalize_bad_args_einval,
+			      finalize_to_device_then_cpu_faults_back, finalize_partial_dst,
+			      finalize_device_to_system, finalize_cpu_write_after_migration,
+			      finalize_to_ram_dst_empty_sigbus);
+	TCase *trange = T_TCASE("migrate_device_range", setup, teardown, device_range_evicts_all,
+				device_range_partial, device_range_bad_args_einval);
+	TCase *tunmap = T_TCASE("memunmap_pages", setup, teardown,
+				memunmap_with_mapped_pages_keeps_data);
+	TCase *tfork = T_TCASE("fork", setup, teardown, fork_child_reads_device_data);
+	TCase *texcl = T_TCASE("make_device_exclusive", setup, teardown,
+			       exclusive_device_changes_visible, exclusive_errors,
+			       exclusive_then_unmap_and_close);
 
-	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
-		tcase_add_checked_fixture(all[i], setup, teardown);
-	tcase_add_test(tsetup, setup_bad_args_einval);
-	tcase_add_test(tsetup, setup_collects_system_pages);
-	tcase_add_test(tsetup, setup_untouched_pages_have_no_data);
-	tcase_add_test(tsetup, setup_skips_shared_readonly_and_foreign);
-	tcase_add_test(tsetup, setup_isolates_cpu_writer_waits);
-	tcase_add_test(tbufs, bufs_bad_args_null);
-	tcase_add_test(tbufs, bufs_device_source_has_dst_buf);
-	tcase_add_test(tpages, pages_bad_args_einval);
-	tcase_add_test(tpages, pages_unknown_device_pfn_dropped);
-	tcase_add_test(tfin, finalize_bad_args_einval);
-	tcase_add_test(tfin, finalize_to_device_then_cpu_faults_back);
-	tcase_add_test(tfin, finalize_partial_dst);
-	tcase_add_test(tfin, finalize_device_to_system);
-	tcase_add_test(tfin, finalize_cpu_write_after_migration);
-	tcase_add_test(tfin, finalize_to_ram_dst_empty_sigbus);
-	tcase_add_test(trange, device_range_evicts_all);
-	tcase_add_test(trange, device_range_partial);
-	tcase_add_test(trange, device_range_bad_args_einval);
-	tcase_add_test(tunmap, memunmap_with_mapped_pages_keeps_data);
-	tcase_add_test(tfork, fork_child_reads_device_data);
-	tcase_add_test(texcl, exclusive_device_changes_visible);
-	tcase_add_test(texcl, exclusive_errors);
-	tcase_add_test(texcl, exclusive_then_unmap_and_close);
 	return t_run_suite("migrate", tsetup, tbufs, tpages, tfin, trange, tunmap, tfork,
 			   texcl, NULL);
 }

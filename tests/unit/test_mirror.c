@@ -17,96 +17,9 @@
 
 #define NPAGES 16
 #define LEN (NPAGES * T_PAGE)
-#define MAXLOG 64
-
-/* A device stand-in: logs every invalidation under its lock. */
-struct rec {
-	struct uhmm_interval_notifier n;
-	pthread_mutex_t lock;
-	int count;
-	struct {
-		enum uhmm_event ev;
-		uint64_t start, end, new_start;
-		unsigned int flags;
-		unsigned long seq;
-	} log[MAXLOG];
-	/* optional hook run inside the callback, after logging */
-	void (*hook)(struct rec *r, const struct uhmm_notifier_range *range);
-	void *arg;
-	int hook_ret;
-};
-
-static bool rec_invalidate(struct uhmm_interval_notifier *sub,
-			   const struct uhmm_notifier_range *range,
-			   unsigned long cur_seq)
-{
-	struct rec *r = (struct rec *)((char *)sub - offsetof(struct rec, n));
-	void (*hook)(struct rec *, const struct uhmm_notifier_range *);
-
-	pthread_mutex_lock(&r->lock);
-	if (r->count < MAXLOG) {
-		r->log[r->count].ev = range->event;
-		r->log[r->count].start = range->start;
-		r->log[r->count].end = range->end;
-		r->log[r->count].new_start = range->new_start;
-		r->log[r->count].flags = range->flags;
-		r->log[r->count].seq = cur_seq;
-	}
-	r->count++;
-	uhmm_interval_set_seq(sub, cur_seq);
-	pthread_mutex_unlock(&r->lock);
-	hook = __atomic_load_n(&r->hook, __ATOMIC_ACQUIRE);
-	if (hook)
-		hook(r, range);
-	return true;
-}
-
-static const struct uhmm_interval_notifier_ops rec_ops = {
-	.invalidate = rec_invalidate,
-};
-
-static int rec_count(struct rec *r)
-{
-	int c;
-
-	pthread_mutex_lock(&r->lock);
-	c = r->count;
-	pthread_mutex_unlock(&r->lock);
-	return c;
-}
-
-/*
- * Events read by the handler thread are delivered asynchronously: wait up to
- * 5 s for @n callbacks, then a little longer to catch extra ones.
- */
-static int rec_wait(struct rec *r, int n)
-{
-	uint64_t end = t_now_ns() + 5000000000ULL;
-
-	while (rec_count(r) < n && t_now_ns() < end)
-		usleep(1000);
-	usleep(30000);
-	return rec_count(r);
-}
-
 static struct uhmm_mm *mm;
 static char *buf;		/* NPAGES managed pages */
-static struct rec *rc;	/* notifier over buf */
-
-static struct rec *rec_new(void)
-{
-	struct rec *r = calloc(1, sizeof(*r));
-
-	ck_assert_ptr_nonnull(r);
-	pthread_mutex_init(&r->lock, NULL);
-	return r;
-}
-
-static void rec_insert(struct rec *r, const void *p, size_t len)
-{
-	ck_assert_int_eq(uhmm_interval_notifier_insert(&r->n, mm, (uintptr_t)p, len,
-						       &rec_ops), 0);
-}
+static struct t_rec *rc;	/* notifier over buf */
 
 static bool frames_on;	/* mm opened with UHMM_MM_FRAMES */
 
@@ -119,8 +32,8 @@ static void setup_opts(unsigned int fa, unsigned int flags)
 	ck_assert_int_eq(uhmm_mm_open(&mm, &o), 0);
 	buf = t_map_anon(LEN);
 	ck_assert_int_eq(uhmm_mm_manage(mm, buf, LEN), 0);
-	rc = rec_new();
-	rec_insert(rc, buf, LEN);
+	rc = t_rec_new();
+	t_rec_insert(rc, mm, buf, LEN);
 }
 
 static void setup(void)
@@ -176,7 +89,7 @@ START_TEST(insert_then_invalidation_reaches_callback)
 	ck_assert_uint_eq(rc->n.start, A(buf));
 	ck_assert_uint_eq(rc->n.end, A(buf) + LEN);
 	ck_assert_int_eq(uhmm_madvise(buf, T_PAGE, MADV_DONTNEED), 0);
-	ck_assert_int_eq(rec_count(rc), 1);
+	ck_assert_int_eq(t_rec_count(rc), 1);
 	ck_log(rc, 0, UHMM_EVENT_CLEAR, A(buf), A(buf) + T_PAGE);
 }
 END_TEST
@@ -185,20 +98,20 @@ END_TEST
 START_TEST(insert_bad_args)
 {
 	struct uhmm_interval_notifier_ops noop = { 0 };
-	struct rec *r = rec_new();
+	struct t_rec *r = t_rec_new();
 
-	ck_assert_int_eq(uhmm_interval_notifier_insert(NULL, mm, A(buf), LEN, &rec_ops),
+	ck_assert_int_eq(uhmm_interval_notifier_insert(NULL, mm, A(buf), LEN, &t_rec_ops),
 			 -EINVAL);
-	ck_assert_int_eq(uhmm_interval_notifier_insert(&r->n, NULL, A(buf), LEN, &rec_ops),
+	ck_assert_int_eq(uhmm_interval_notifier_insert(&r->n, NULL, A(buf), LEN, &t_rec_ops),
 			 -EINVAL);
 	ck_assert_int_eq(uhmm_interval_notifier_insert(&r->n, mm, A(buf), LEN, NULL),
 			 -EINVAL);
 	ck_assert_int_eq(uhmm_interval_notifier_insert(&r->n, mm, A(buf), LEN, &noop),
 			 -EINVAL);
-	ck_assert_int_eq(uhmm_interval_notifier_insert(&r->n, mm, A(buf), 0, &rec_ops),
+	ck_assert_int_eq(uhmm_interval_notifier_insert(&r->n, mm, A(buf), 0, &t_rec_ops),
 			 -EOVERFLOW);
 	ck_assert_int_eq(uhmm_interval_notifier_insert(&r->n, mm, ~0ULL - 10, 4096,
-						       &rec_ops), -EOVERFLOW);
+						       &t_rec_ops), -EOVERFLOW);
 	free(r);
 }
 END_TEST
@@ -206,22 +119,22 @@ END_TEST
 /* Inserting the same notifier twice is -EINVAL; the first stays active. */
 START_TEST(insert_twice_is_einval)
 {
-	ck_assert_int_eq(uhmm_interval_notifier_insert(&rc->n, mm, A(buf), LEN, &rec_ops),
+	ck_assert_int_eq(uhmm_interval_notifier_insert(&rc->n, mm, A(buf), LEN, &t_rec_ops),
 			 -EINVAL);
 	ck_assert_int_eq(uhmm_madvise(buf, LEN, MADV_DONTNEED), 0);
-	ck_assert_int_eq(rec_count(rc), 1);
+	ck_assert_int_eq(t_rec_count(rc), 1);
 }
 END_TEST
 
 /* A notifier over unmanaged (even unmapped) space is allowed. */
 START_TEST(insert_unmanaged_range_ok)
 {
-	struct rec *r = rec_new();
+	struct t_rec *r = t_rec_new();
 	char *p = t_map_anon(LEN);
 
-	rec_insert(r, p, LEN);
+	t_rec_insert(r, mm, p, LEN);
 	ck_assert_int_eq(uhmm_mprotect(p, LEN, PROT_READ), 0);
-	ck_assert_int_eq(rec_count(r), 1);
+	ck_assert_int_eq(t_rec_count(r), 1);
 	ck_log(r, 0, UHMM_EVENT_PROTECTION, A(p), A(p) + LEN);
 	ck_assert_int_eq(uhmm_interval_notifier_remove(&r->n), 0);
 	munmap(p, LEN);
@@ -230,21 +143,21 @@ START_TEST(insert_unmanaged_range_ok)
 END_TEST
 
 struct hook_arg {
-	struct rec *other;
+	struct t_rec *other;
 	int ret;
 };
 
-static void hook_insert(struct rec *r, const struct uhmm_notifier_range *range)
+static void hook_insert(struct t_rec *r, const struct uhmm_notifier_range *range)
 {
 	struct hook_arg *h = r->arg;
 
-	h->ret = uhmm_interval_notifier_insert(&h->other->n, mm, A(buf), LEN, &rec_ops);
+	h->ret = uhmm_interval_notifier_insert(&h->other->n, mm, A(buf), LEN, &t_rec_ops);
 }
 
 /* Inserting from inside a callback is refused (-EDEADLK). */
 START_TEST(insert_from_callback_is_edeadlk)
 {
-	struct hook_arg h = { rec_new(), 0 };
+	struct hook_arg h = { t_rec_new(), 0 };
 
 	__atomic_store_n(&rc->hook, hook_insert, __ATOMIC_RELEASE);
 	rc->arg = &h;
@@ -263,9 +176,8 @@ START_TEST(insert_10000_notifiers_hits_only_overlapping)
 	size_t len = (size_t)MANY * T_PAGE;
 	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	struct rec *r = calloc(MANY, sizeof(*r));
-	struct rec *big = rec_new();
-	uint64_t t0;
+	struct t_rec *r = calloc(MANY, sizeof(*r));
+	struct t_rec *big = t_rec_new();
 
 	ck_assert_ptr_ne(p, MAP_FAILED);
 	ck_assert_ptr_nonnull(r);
@@ -274,13 +186,12 @@ START_TEST(insert_10000_notifiers_hits_only_overlapping)
 		unsigned int i = (k * 7919U) % MANY;
 
 		pthread_mutex_init(&r[i].lock, NULL);
-		rec_insert(&r[i], p + (size_t)i * T_PAGE, T_PAGE);
+		t_rec_insert(&r[i], mm, p + (size_t)i * T_PAGE, T_PAGE);
 	}
-	rec_insert(big, p, len);
-	t0 = t_now_ns();
+	t_rec_insert(big, mm, p, len);
+	/* (speed of the lookup is bench/mirror's business, not a test's) */
 	ck_assert_int_eq(uhmm_madvise(p + 5000 * T_PAGE, 10 * T_PAGE, MADV_DONTNEED), 0);
 	ck_assert_int_eq(uhmm_mprotect(p + 9990 * T_PAGE, 10 * T_PAGE, PROT_READ), 0);
-	ck_assert_uint_lt(t_now_ns() - t0, 1000000000ULL);
 	for (unsigned int i = 0; i < MANY; i++) {
 		bool in1 = i >= 5000 && i < 5010, in2 = i >= 9990;
 
@@ -324,14 +235,14 @@ START_TEST(remove_stops_callbacks)
 	ck_assert_int_eq(uhmm_madvise(buf, LEN, MADV_DONTNEED), 0);
 	ck_assert_int_eq(munmap(buf, LEN), 0);
 	buf = NULL;
-	ck_assert_int_eq(rec_wait(rc, 0), 0);
+	ck_assert_int_eq(t_rec_wait(rc, 0), 0);
 }
 END_TEST
 
 /* NULL, never inserted, or removed twice: -EINVAL. */
 START_TEST(remove_bad_args)
 {
-	struct rec *r = rec_new();
+	struct t_rec *r = t_rec_new();
 
 	ck_assert_int_eq(uhmm_interval_notifier_remove(NULL), -EINVAL);
 	ck_assert_int_eq(uhmm_interval_notifier_remove(&r->n), -EINVAL);
@@ -341,7 +252,7 @@ START_TEST(remove_bad_args)
 }
 END_TEST
 
-static void hook_remove_self(struct rec *r, const struct uhmm_notifier_range *range)
+static void hook_remove_self(struct t_rec *r, const struct uhmm_notifier_range *range)
 {
 	__atomic_store_n(&r->hook_ret, uhmm_interval_notifier_remove(&r->n), __ATOMIC_RELEASE);
 }
@@ -356,7 +267,7 @@ START_TEST(remove_from_callback_is_edeadlk)
 	__atomic_store_n(&rc->hook_ret, 0, __ATOMIC_RELEASE);
 	buf[0] = 1;
 	ck_assert_int_eq(madvise(buf, LEN, MADV_DONTNEED), 0);
-	ck_assert_int_eq(rec_wait(rc, 2), 2);
+	ck_assert_int_eq(t_rec_wait(rc, 2), 2);
 	ck_assert_int_eq(__atomic_load_n(&rc->hook_ret, __ATOMIC_ACQUIRE), -EDEADLK);
 	__atomic_store_n(&rc->hook, NULL, __ATOMIC_RELEASE);
 }
@@ -373,13 +284,14 @@ struct slow {
 static struct slow slow = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0,
 			    200000 };
 
-static void hook_slow(struct rec *r, const struct uhmm_notifier_range *range)
+static void hook_slow(struct t_rec *r, const struct uhmm_notifier_range *range)
 {
 	pthread_mutex_lock(&slow.lock);
 	slow.entered++;
 	pthread_cond_broadcast(&slow.cond);
 	pthread_mutex_unlock(&slow.lock);
-	usleep(slow.delay_us);
+	/* atomic: the test sets it before a munmap whose event TSan cannot order */
+	usleep(__atomic_load_n(&slow.delay_us, __ATOMIC_RELAXED));
 	pthread_mutex_lock(&slow.lock);
 	slow.done++;
 	pthread_mutex_unlock(&slow.lock);
@@ -421,7 +333,7 @@ START_TEST(remove_waits_for_running_callback)
 	ck_assert_int_eq(uhmm_interval_notifier_remove(&rc->n), 0);
 	ck_assert_int_eq(slow_done(), 1);
 	pthread_join(t, NULL);
-	ck_assert_int_eq(rec_count(rc), 1);
+	ck_assert_int_eq(t_rec_count(rc), 1);
 }
 END_TEST
 
@@ -574,15 +486,15 @@ END_TEST
 /* munmap of managed memory: one UNMAP, clipped to the notifier. */
 START_TEST(event_munmap_is_one_unmap_clipped)
 {
-	struct rec *r = rec_new();
+	struct t_rec *r = t_rec_new();
 
-	rec_insert(r, buf + 4 * T_PAGE, 8 * T_PAGE);
+	t_rec_insert(r, mm, buf + 4 * T_PAGE, 8 * T_PAGE);
 	ck_assert_int_eq(munmap(buf, LEN), 0);
 	buf = NULL;
-	ck_assert_int_eq(rec_wait(r, 1), 1);
+	ck_assert_int_eq(t_rec_wait(r, 1), 1);
 	ck_log(r, 0, UHMM_EVENT_UNMAP, rc->n.start + 4 * T_PAGE,
 	       rc->n.start + 12 * T_PAGE);
-	ck_assert_int_eq(rec_wait(rc, 1), 1);
+	ck_assert_int_eq(t_rec_wait(rc, 1), 1);
 	ck_log(rc, 0, UHMM_EVENT_UNMAP, rc->n.start, rc->n.end);
 	ck_assert_int_eq(uhmm_interval_notifier_remove(&r->n), 0);
 	free(r);
@@ -594,7 +506,7 @@ START_TEST(event_madv_dontneed_is_one_clear)
 {
 	t_fill_pattern(buf, LEN, 1);
 	ck_assert_int_eq(madvise(buf + T_PAGE, 2 * T_PAGE, MADV_DONTNEED), 0);
-	ck_assert_int_eq(rec_wait(rc, 1), 1);
+	ck_assert_int_eq(t_rec_wait(rc, 1), 1);
 	ck_log(rc, 0, UHMM_EVENT_CLEAR, A(buf) + T_PAGE, A(buf) + 3 * T_PAGE);
 }
 END_TEST
@@ -610,7 +522,7 @@ START_TEST(event_mremap_is_remap_then_unmap)
 	buf[0] = 7;
 	q = mremap(buf, LEN, LEN, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
 	ck_assert_ptr_eq(q, dst);
-	ck_assert_int_eq(rec_wait(rc, 2), 2);
+	ck_assert_int_eq(t_rec_wait(rc, 2), 2);
 	ck_log(rc, 0, UHMM_EVENT_REMAP, A(buf), A(buf) + LEN);
 	ck_assert_uint_eq(rc->log[0].new_start, A(dst));
 	ck_log(rc, 1, UHMM_EVENT_UNMAP, A(buf), A(buf) + LEN);
@@ -624,11 +536,11 @@ END_TEST
  * became copy-on-write). */
 START_TEST(event_fork_is_protection)
 {
-	struct rec *r = rec_new();
+	struct t_rec *r = t_rec_new();
 	pid_t pid;
 	int st;
 
-	rec_insert(r, buf - 4 * T_PAGE, 8 * T_PAGE);
+	t_rec_insert(r, mm, buf - 4 * T_PAGE, 8 * T_PAGE);
 	buf[0] = 1;
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
@@ -636,9 +548,9 @@ START_TEST(event_fork_is_protection)
 		_exit(buf[0] == 1 ? 0 : 1);
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	ck_assert_int_eq(rec_wait(rc, 1), 1);
+	ck_assert_int_eq(t_rec_wait(rc, 1), 1);
 	ck_log(rc, 0, UHMM_EVENT_PROTECTION, A(buf), A(buf) + LEN);
-	ck_assert_int_eq(rec_wait(r, 1), 1);
+	ck_assert_int_eq(t_rec_wait(r, 1), 1);
 	ck_log(r, 0, UHMM_EVENT_PROTECTION, A(buf), A(buf) + 4 * T_PAGE);
 	ck_assert_int_eq(uhmm_interval_notifier_remove(&r->n), 0);
 	free(r);
@@ -668,7 +580,7 @@ static int maps_writable(const void *p)
 	return w;
 }
 
-static void hook_check_writable(struct rec *r, const struct uhmm_notifier_range *range)
+static void hook_check_writable(struct t_rec *r, const struct uhmm_notifier_range *range)
 {
 	__atomic_store_n(&r->hook_ret, maps_writable((void *)(uintptr_t)range->start), __ATOMIC_RELEASE);
 }
@@ -678,15 +590,15 @@ START_TEST(event_uhmm_mprotect_is_protection_before_change)
 {
 	__atomic_store_n(&rc->hook, hook_check_writable, __ATOMIC_RELEASE);
 	ck_assert_int_eq(uhmm_mprotect(buf + T_PAGE, T_PAGE, PROT_READ), 0);
-	ck_assert_int_eq(rec_count(rc), 1);
+	ck_assert_int_eq(t_rec_count(rc), 1);
 	ck_log(rc, 0, UHMM_EVENT_PROTECTION, A(buf) + T_PAGE, A(buf) + 2 * T_PAGE);
 	ck_assert_int_eq(__atomic_load_n(&rc->hook_ret, __ATOMIC_ACQUIRE), 1);
 	ck_assert_int_eq(maps_writable(buf + T_PAGE), 0);
-	ck_assert_int_eq(rec_wait(rc, 1), 1);
+	ck_assert_int_eq(t_rec_wait(rc, 1), 1);
 }
 END_TEST
 
-static void hook_check_data(struct rec *r, const struct uhmm_notifier_range *range)
+static void hook_check_data(struct t_rec *r, const struct uhmm_notifier_range *range)
 {
 	unsigned char vec;
 	const char *p = (const char *)(uintptr_t)range->start;
@@ -702,9 +614,9 @@ START_TEST(event_uhmm_munmap_is_one_unmap_before_change)
 	__atomic_store_n(&rc->hook, hook_check_data, __ATOMIC_RELEASE);
 	ck_assert_int_eq(uhmm_munmap(buf, LEN), 0);
 	buf = NULL;
-	ck_assert_int_eq(rec_count(rc), 1);
+	ck_assert_int_eq(t_rec_count(rc), 1);
 	ck_assert_int_eq(__atomic_load_n(&rc->hook_ret, __ATOMIC_ACQUIRE), 1);
-	ck_assert_int_eq(rec_wait(rc, 1), 1);
+	ck_assert_int_eq(t_rec_wait(rc, 1), 1);
 	ck_log(rc, 0, UHMM_EVENT_UNMAP, rc->n.start, rc->n.end);
 }
 END_TEST
@@ -715,10 +627,10 @@ START_TEST(event_uhmm_madvise_is_one_clear_before_change)
 	buf[5] = 42;
 	__atomic_store_n(&rc->hook, hook_check_data, __ATOMIC_RELEASE);
 	ck_assert_int_eq(uhmm_madvise(buf, LEN, MADV_DONTNEED), 0);
-	ck_assert_int_eq(rec_count(rc), 1);
+	ck_assert_int_eq(t_rec_count(rc), 1);
 	ck_assert_int_eq(__atomic_load_n(&rc->hook_ret, __ATOMIC_ACQUIRE), 1);
 	ck_assert_int_eq(buf[5], 0);
-	ck_assert_int_eq(rec_wait(rc, 1), 1);
+	ck_assert_int_eq(t_rec_wait(rc, 1), 1);
 	ck_log(rc, 0, UHMM_EVENT_CLEAR, A(buf), A(buf) + LEN);
 }
 END_TEST
@@ -731,9 +643,9 @@ START_TEST(event_uhmm_mremap_is_one_callback_before_change)
 	buf[5] = 42;
 	__atomic_store_n(&rc->hook, hook_check_data, __ATOMIC_RELEASE);
 	ck_assert_int_eq(uhmm_mremap(buf, LEN, 2 * LEN, MREMAP_MAYMOVE, NULL, &q), 0);
-	ck_assert_int_eq(rec_count(rc), 1);
+	ck_assert_int_eq(t_rec_count(rc), 1);
 	ck_assert_int_eq(__atomic_load_n(&rc->hook_ret, __ATOMIC_ACQUIRE), 1);
-	ck_assert_int_eq(rec_wait(rc, 1), 1);
+	ck_assert_int_eq(t_rec_wait(rc, 1), 1);
 	ck_assert_uint_eq(rc->log[0].start, A(buf));
 	ck_assert_uint_eq(rc->log[0].end, A(buf) + LEN);
 	ck_assert_int_eq(((char *)q)[5], 42);
@@ -750,21 +662,21 @@ END_TEST
 START_TEST(event_uhmm_madvise_willneed_is_silent)
 {
 	ck_assert_int_eq(uhmm_madvise(buf, LEN, MADV_WILLNEED), 0);
-	ck_assert_int_eq(rec_wait(rc, 0), 0);
+	ck_assert_int_eq(t_rec_wait(rc, 0), 0);
 }
 END_TEST
 
 /* uhmm_mm_close: one RELEASE per notifier, clipped to the notifier. */
 START_TEST(event_close_is_release)
 {
-	struct rec *r = rec_new();
+	struct t_rec *r = t_rec_new();
 
-	rec_insert(r, (void *)0x10000, 3 * T_PAGE);
+	t_rec_insert(r, mm, (void *)0x10000, 3 * T_PAGE);
 	uhmm_mm_close(mm);
 	mm = NULL;
-	ck_assert_int_eq(rec_count(rc), 1);
+	ck_assert_int_eq(t_rec_count(rc), 1);
 	ck_log(rc, 0, UHMM_EVENT_RELEASE, A(buf), A(buf) + LEN);
-	ck_assert_int_eq(rec_count(r), 1);
+	ck_assert_int_eq(t_rec_count(r), 1);
 	ck_log(r, 0, UHMM_EVENT_RELEASE, 0x10000, 0x10000 + 3 * T_PAGE);
 	/* the notifiers are gone with the mm */
 	ck_assert_int_eq(uhmm_interval_notifier_remove(&rc->n), -EINVAL);
@@ -787,7 +699,7 @@ START_TEST(event_close_with_callback_in_flight)
 	pthread_t t;
 
 	__atomic_store_n(&rc->hook, hook_slow, __ATOMIC_RELEASE);
-	slow.delay_us = 300000;
+	__atomic_store_n(&slow.delay_us, 300000, __ATOMIC_RELAXED);
 	ck_assert_int_eq(pthread_create(&t, NULL, thr_munmap, NULL), 0);
 	slow_wait_entered();
 	uhmm_mm_close(mm);
@@ -795,7 +707,7 @@ START_TEST(event_close_with_callback_in_flight)
 	ck_assert_int_eq(slow_done(), 2);	/* UNMAP and RELEASE both ran */
 	pthread_join(t, NULL);
 	buf = NULL;
-	ck_assert_int_eq(rec_count(rc), 2);
+	ck_assert_int_eq(t_rec_count(rc), 2);
 	ck_assert_int_eq(rc->log[0].ev == UHMM_EVENT_UNMAP ||
 			 rc->log[1].ev == UHMM_EVENT_UNMAP, 1);
 	ck_assert_int_eq(rc->log[0].ev == UHMM_EVENT_RELEASE ||
@@ -807,14 +719,14 @@ END_TEST
 /* A notifier that does not overlap the change hears nothing. */
 START_TEST(event_disjoint_notifier_is_silent)
 {
-	struct rec *r = rec_new();
+	struct t_rec *r = t_rec_new();
 
-	rec_insert(r, buf + LEN, LEN);
+	t_rec_insert(r, mm, buf + LEN, LEN);
 	ck_assert_int_eq(uhmm_madvise(buf, LEN, MADV_DONTNEED), 0);
 	ck_assert_int_eq(munmap(buf, LEN), 0);
 	buf = NULL;
-	ck_assert_int_eq(rec_wait(rc, 2), 2);
-	ck_assert_int_eq(rec_count(r), 0);
+	ck_assert_int_eq(t_rec_wait(rc, 2), 2);
+	ck_assert_int_eq(t_rec_count(r), 0);
 	ck_assert_int_eq(uhmm_interval_notifier_remove(&r->n), 0);
 	free(r);
 }
@@ -823,7 +735,7 @@ END_TEST
 /* ---------------------------------------------------------------------- */
 /* uhmm_range_fault                                                        */
 
-static struct uhmm_range mk_range(struct rec *r, const void *p, size_t npages,
+static struct uhmm_range mk_range(struct t_rec *r, const void *p, size_t npages,
 				  uint64_t *pfns, uint64_t def, uint64_t mask)
 {
 	struct uhmm_range range = {
@@ -897,7 +809,7 @@ END_TEST
 START_TEST(range_fault_no_frames_by_default)
 {
 	struct uhmm_mm *m;
-	struct rec *n = rec_new();
+	struct t_rec *n = t_rec_new();
 	uint64_t pfns[NPAGES] = { 0 };
 	struct uhmm_range r;
 	struct uhmm_mm *saved = mm;
@@ -905,7 +817,7 @@ START_TEST(range_fault_no_frames_by_default)
 	ck_assert_int_eq(uhmm_mm_open(&m, NULL), 0);
 	memset(buf, 1, LEN);
 	mm = m;
-	rec_insert(n, buf, LEN);
+	t_rec_insert(n, mm, buf, LEN);
 	r = mk_range(n, buf, NPAGES, pfns, 0, 0);
 	ck_assert_int_eq(uhmm_range_fault(&r), 0);
 	for (int i = 0; i < NPAGES; i++)
@@ -1083,7 +995,7 @@ START_TEST(range_fault_unmapped_hole)
 
 	buf[0] = 1;
 	ck_assert_int_eq(munmap(buf + 2 * T_PAGE, 2 * T_PAGE), 0);
-	ck_assert_int_eq(rec_wait(rc, 1), 1);
+	ck_assert_int_eq(t_rec_wait(rc, 1), 1);
 	r = mk_range(rc, buf, NPAGES, pfns, 0, 0);
 	ck_assert_int_eq(uhmm_range_fault(&r), 0);
 	for (int i = 0; i < NPAGES; i++)
@@ -1105,7 +1017,7 @@ START_TEST(range_fault_thp_order_9)
 	char *raw = t_map_anon(2 * hl);
 	char *p = (char *)(((uintptr_t)raw + hl - 1) & ~(hl - 1));
 	uint64_t *pfns = calloc(512, sizeof(*pfns));
-	struct rec *n = rec_new();
+	struct t_rec *n = t_rec_new();
 	struct uhmm_range r;
 
 	if (madvise(p, hl, MADV_HUGEPAGE) ||
@@ -1113,7 +1025,7 @@ START_TEST(range_fault_thp_order_9)
 		t_skip("MADV_HUGEPAGE/POPULATE_WRITE: %s", strerror(errno));
 		return;
 	}
-	rec_insert(n, p, hl);
+	t_rec_insert(n, mm, p, hl);
 	r = mk_range(n, p, 512, pfns, 0, 0);
 	ck_assert_int_eq(uhmm_range_fault(&r), 0);
 	if (uhmm_pfn_to_map_order(pfns[0]) != 9) {
@@ -1138,57 +1050,22 @@ START_TEST(range_fault_thp_order_9)
 }
 END_TEST
 
-static long hp_saved = -1;
-
-static long read_nr_hp(void)
-{
-	FILE *f = fopen("/proc/sys/vm/nr_hugepages", "r");
-	long v = -1;
-
-	if (f) {
-		if (fscanf(f, "%ld", &v) != 1)
-			v = -1;
-		fclose(f);
-	}
-	return v;
-}
-
-static bool write_nr_hp(long v)
-{
-	FILE *f = fopen("/proc/sys/vm/nr_hugepages", "w");
-	bool ok;
-
-	if (!f)
-		return false;
-	ok = fprintf(f, "%ld\n", v) > 0;
-	return fclose(f) == 0 && ok;
-}
-
 /* Managed hugetlbfs memory: REQ_FAULT|REQ_WRITE gives order 9 entries. */
 START_TEST(range_fault_hugetlb_order_9)
 {
 	size_t hl = 2UL << 20;
 	uint64_t *pfns = calloc(512, sizeof(*pfns));
-	struct rec *n = rec_new();
+	struct t_rec *n = t_rec_new();
 	struct uhmm_range r;
-	char *p;
+	const char *why;
+	char *p = t_hugetlb_map(hl, &why);
 
-	hp_saved = read_nr_hp();
-	if (hp_saved < 0 || !write_nr_hp(hp_saved + 1) || read_nr_hp() < hp_saved + 1) {
-		if (hp_saved >= 0)
-			write_nr_hp(hp_saved);
-		t_skip("no 2 MiB hugetlb page could be reserved via /proc/sys/vm/nr_hugepages");
-		return;
-	}
-	p = mmap(NULL, hl, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
-	if (p == MAP_FAILED) {
-		write_nr_hp(hp_saved);
-		t_skip("MAP_HUGETLB: %s", strerror(errno));
+	if (!p) {
+		t_skip("%s", why);
 		return;
 	}
 	ck_assert_int_eq(uhmm_mm_manage(mm, p, hl), 0);
-	rec_insert(n, p, hl);
+	t_rec_insert(n, mm, p, hl);
 	r = mk_range(n, p, 512, pfns, 0, 0);
 	ck_assert_int_eq(uhmm_range_fault(&r), 0);
 	ck_assert_uint_eq(pfns[0], 0);
@@ -1200,8 +1077,7 @@ START_TEST(range_fault_hugetlb_order_9)
 	}
 	ck_assert_int_eq(p[12345], 0);
 	ck_assert_int_eq(uhmm_interval_notifier_remove(&n->n), 0);
-	munmap(p, hl);
-	write_nr_hp(hp_saved);
+	t_hugetlb_unmap(p, hl);
 	free(n);
 	free(pfns);
 }
@@ -1211,7 +1087,7 @@ END_TEST
 START_TEST(range_fault_after_mremap)
 {
 	uint64_t pfns[NPAGES] = { 0 };
-	struct rec *n = rec_new();
+	struct t_rec *n = t_rec_new();
 	struct uhmm_range r;
 	char *dst = mmap(NULL, LEN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	void *q;
@@ -1222,7 +1098,7 @@ START_TEST(range_fault_after_mremap)
 				     dst, &q), 0);
 	ck_assert_ptr_eq(q, dst);
 	buf = q;
-	rec_insert(n, q, LEN);
+	t_rec_insert(n, mm, q, LEN);
 	r = mk_range(n, q, NPAGES, pfns, 0, 0);
 	ck_assert_int_eq(uhmm_range_fault(&r), 0);
 	for (int i = 0; i < NPAGES; i++)
@@ -1255,7 +1131,7 @@ START_TEST(range_fault_bad_args_are_einval)
 {
 	uint64_t pfns[NPAGES] = { 0 };
 	struct uhmm_range r = mk_range(rc, buf, NPAGES, pfns, 0, 0), b;
-	struct rec *n = rec_new();
+	struct t_rec *n = t_rec_new();
 
 	ck_assert_int_eq(uhmm_range_fault(NULL), -EINVAL);
 	b = r, b.notifier = NULL;
@@ -1308,13 +1184,13 @@ START_TEST(range_fault_spans_walk_chunks)
 	size_t np = 10000, len = np * T_PAGE;
 	char *p = t_map_anon(len);
 	uint64_t *pfns = calloc(np, sizeof(*pfns));
-	struct rec *n = rec_new();
+	struct t_rec *n = t_rec_new();
 	struct uhmm_range r;
 
 	ck_assert_int_eq(uhmm_mm_manage(mm, p, len), 0);
 	for (size_t i = 0; i < np; i += 3)
 		p[i * T_PAGE] = 1;
-	rec_insert(n, p, len);
+	t_rec_insert(n, mm, p, len);
 	r = mk_range(n, p, np, pfns, 0, 0);
 	ck_assert_int_eq(uhmm_range_fault(&r), 0);
 	for (size_t i = 0; i < np; i++)
@@ -1337,99 +1213,46 @@ END_TEST
 
 int main(void)
 {
-	TCase *ins = tcase_create("interval_notifier_insert");
-	TCase *rem = tcase_create("interval_notifier_remove");
-	TCase *rb = tcase_create("interval_read_begin");
-	TCase *rr = tcase_create("interval_read_retry");
-	TCase *ss = tcase_create("interval_set_seq");
-	TCase *ev = tcase_create("invalidation_sources");
-	TCase *rf = tcase_create("range_fault");
-	TCase *rff = tcase_create("range_fault_frames");
-
-	tcase_add_checked_fixture(ins, setup, teardown);
-	tcase_add_test(ins, insert_then_invalidation_reaches_callback);
-	tcase_add_test(ins, insert_bad_args);
-	tcase_add_test(ins, insert_twice_is_einval);
-	tcase_add_test(ins, insert_unmanaged_range_ok);
-	tcase_add_test(ins, insert_from_callback_is_edeadlk);
-	tcase_add_test(ins, insert_10000_notifiers_hits_only_overlapping);
-
-	tcase_add_checked_fixture(rem, setup, teardown);
-	tcase_add_test(rem, remove_stops_callbacks);
-	tcase_add_test(rem, remove_bad_args);
-	tcase_add_test(rem, remove_from_callback_is_edeadlk);
-	tcase_add_test(rem, remove_waits_for_running_callback);
-
-	tcase_add_checked_fixture(rb, setup, teardown);
-	tcase_add_test(rb, read_begin_stable_when_idle);
-	tcase_add_test(rb, read_begin_waits_for_invalidation_in_flight);
-
-	tcase_add_checked_fixture(rr, setup, teardown);
-	tcase_add_test(rr, read_retry_detects_invalidation_after_snapshot);
-	tcase_add_test(rr, read_retry_detects_racing_thread);
-	tcase_add_test(rr, read_retry_protocol_converges_under_churn);
-
-	tcase_add_checked_fixture(ss, setup, teardown);
-	tcase_add_test(ss, set_seq_is_what_retry_compares);
-
-	tcase_add_checked_fixture(ev, setup, teardown);
-	tcase_add_test(ev, event_munmap_is_one_unmap_clipped);
-	tcase_add_test(ev, event_madv_dontneed_is_one_clear);
-	tcase_add_test(ev, event_mremap_is_remap_then_unmap);
-	tcase_add_test(ev, event_fork_is_protection);
-	tcase_add_test(ev, event_uhmm_mprotect_is_protection_before_change);
-	tcase_add_test(ev, event_uhmm_munmap_is_one_unmap_before_change);
-	tcase_add_test(ev, event_uhmm_madvise_is_one_clear_before_change);
-	tcase_add_test(ev, event_uhmm_mremap_is_one_callback_before_change);
-	tcase_add_test(ev, event_uhmm_madvise_willneed_is_silent);
-	tcase_add_test(ev, event_close_is_release);
-	tcase_add_test(ev, event_close_with_callback_in_flight);
-	tcase_add_test(ev, event_disjoint_notifier_is_silent);
-
-	tcase_add_checked_fixture(rf, setup_fa1, teardown);
-	tcase_add_test(rf, range_fault_missing_without_req_fault_is_zero);
-	tcase_add_test(rf, range_fault_default_req_fault_makes_valid);
-	tcase_add_test(rf, range_fault_default_req_write_makes_writable);
-	tcase_add_test(rf, range_fault_no_frames_by_default);
-	tcase_add_test(rf, range_fault_per_page_flags_with_mask);
-	tcase_add_test(rf, range_fault_mask_zero_ignores_per_page);
-	tcase_add_test(rf, range_fault_default_fault_mask_write_at_k);
-	tcase_add_test(rf, range_fault_snapshot_of_written_pages);
-	tcase_add_test(rf, range_fault_zero_page_flagged);
-	tcase_add_test(rf, range_fault_write_on_readonly_is_eperm);
-	tcase_add_test(rf, range_fault_readonly_present_not_writable);
-	tcase_add_test(rf, range_fault_prot_none);
-	tcase_add_test(rf, range_fault_unmapped_hole);
-	tcase_add_test(rf, range_fault_thp_order_9);
-	tcase_add_test(rf, range_fault_hugetlb_order_9);
-	tcase_add_test(rf, range_fault_after_mremap);
-	tcase_add_test(rf, range_fault_stale_seq_is_ebusy);
-	tcase_add_test(rf, range_fault_bad_args_are_einval);
-	tcase_add_test(rf, range_fault_subrange);
-	tcase_add_test(rf, range_fault_spans_walk_chunks);
-
-	tcase_add_checked_fixture(rff, setup_fa1_frames, teardown);
-	tcase_add_test(rff, range_fault_missing_without_req_fault_is_zero);
-	tcase_add_test(rff, range_fault_default_req_fault_makes_valid);
-	tcase_add_test(rff, range_fault_default_req_write_makes_writable);
-	tcase_add_test(rff, range_fault_no_frames_by_default);
-	tcase_add_test(rff, range_fault_per_page_flags_with_mask);
-	tcase_add_test(rff, range_fault_mask_zero_ignores_per_page);
-	tcase_add_test(rff, range_fault_default_fault_mask_write_at_k);
-	tcase_add_test(rff, range_fault_snapshot_of_written_pages);
-	tcase_add_test(rff, range_fault_zero_page_flagged);
-	tcase_add_test(rff, range_fault_write_on_readonly_is_eperm);
-	tcase_add_test(rff, range_fault_readonly_present_not_writable);
-	tcase_add_test(rff, range_fault_prot_none);
-	tcase_add_test(rff, range_fault_unmapped_hole);
-	tcase_add_test(rff, range_fault_thp_order_9);
-	tcase_add_test(rff, range_fault_hugetlb_order_9);
-	tcase_add_test(rff, range_fault_after_mremap);
-	tcase_add_test(rff, range_fault_stale_seq_is_ebusy);
-	tcase_add_test(rff, range_fault_bad_args_are_einval);
-	tcase_add_test(rff, range_fault_subrange);
-	tcase_add_test(rff, range_fault_spans_walk_chunks);
-
+	/* the same tests with and without physical frames */
+	const TTest *const range_fault[] = {
+		range_fault_missing_without_req_fault_is_zero,
+		range_fault_default_req_fault_makes_valid,
+		range_fault_default_req_write_makes_writable, range_fault_no_frames_by_default,
+		range_fault_per_page_flags_with_mask, range_fault_mask_zero_ignores_per_page,
+		range_fault_default_fault_mask_write_at_k, range_fault_snapshot_of_written_pages,
+		range_fault_zero_page_flagged, range_fault_write_on_readonly_is_eperm,
+		range_fault_readonly_present_not_writable, range_fault_prot_none,
+		range_fault_unmapped_hole, range_fault_thp_order_9, range_fault_hugetlb_order_9,
+		range_fault_after_mremap, range_fault_stale_seq_is_ebusy,
+		range_fault_bad_args_are_einval, range_fault_subrange,
+		range_fault_spans_walk_chunks, NULL
+	};
+	TCase *ins = T_TCASE("interval_notifier_insert", setup, teardown,
+			     insert_then_invalidation_reaches_callback, insert_bad_args,
+			     insert_twice_is_einval, insert_unmanaged_range_ok,
+			     insert_from_callback_is_edeadlk,
+			     insert_10000_notifiers_hits_only_overlapping);
+	TCase *rem = T_TCASE("interval_notifier_remove", setup, teardown, remove_stops_callbacks,
+			     remove_bad_args, remove_from_callback_is_edeadlk,
+			     remove_waits_for_running_callback);
+	TCase *rb = T_TCASE("interval_read_begin", setup, teardown, read_begin_stable_when_idle,
+			    read_begin_waits_for_invalidation_in_flight);
+	TCase *rr = T_TCASE("interval_read_retry", setup, teardown,
+			    read_retry_detects_invalidation_after_snapshot,
+			    read_retry_detects_racing_thread,
+			    read_retry_protocol_converges_under_churn);
+	TCase *ss = T_TCASE("interval_set_seq", setup, teardown, set_seq_is_what_retry_compares);
+	TCase *ev = T_TCASE("invalidation_sources", setup, teardown,
+			    event_munmap_is_one_unmap_clipped, event_madv_dontneed_is_one_clear,
+			    event_mremap_is_remap_then_unmap, event_fork_is_protection,
+			    event_uhmm_mprotect_is_protection_before_change,
+			    event_uhmm_munmap_is_one_unmap_before_change,
+			    event_uhmm_madvise_is_one_clear_before_change,
+			    event_uhmm_mremap_is_one_callback_before_change,
+			    event_uhmm_madvise_willneed_is_silent, event_close_is_release,
+			    event_close_with_callback_in_flight, event_disjoint_notifier_is_silent);
+	TCase *rf = t_tcase("range_fault", setup_fa1, teardown, range_fault);
+	TCase *rff = t_tcase("range_fault_frames", setup_fa1_frames, teardown, range_fault);
 
 	return t_run_suite("mirror", ins, rem, rb, rr, ss, ev, rf, rff, NULL);
 }

@@ -50,6 +50,21 @@ static bool all_zero(const char *p, size_t len)
 	return true;
 }
 
+/* The first half of @p holds pattern @seed, the second half still reads zero. */
+static void assert_half_pattern(const char *p, uint64_t seed)
+{
+	ck_assert_int_eq(t_check_pattern(p, LEN / 2, seed), -1);
+	ck_assert(all_zero(p + LEN / 2, LEN / 2));
+}
+
+/* Fresh memory reads zero, and a pattern written over it reads back. */
+static void assert_zero_then_pattern(char *p, size_t len, uint64_t seed)
+{
+	ck_assert(all_zero(p, len));
+	t_fill_pattern(p, len, seed);
+	ck_assert_int_eq(t_check_pattern(p, len, seed), -1);
+}
+
 /* ---------------------------------------------------------------------- */
 /* uhmm_mm_open / uhmm_mm_close                                            */
 
@@ -172,8 +187,7 @@ START_TEST(close_leaves_memory_mapped_and_usable)
 	ck_assert_int_eq(uhmm_mm_manage(m, p, LEN), 0);
 	t_fill_pattern(p, LEN / 2, 7);
 	uhmm_mm_close(m);
-	ck_assert_int_eq(t_check_pattern(p, LEN / 2, 7), -1);
-	ck_assert(all_zero(p + LEN / 2, LEN / 2));	/* untouched: plain faults */
+	assert_half_pattern(p, 7);	/* untouched half: plain faults */
 	p[LEN - 1] = 9;
 	ck_assert_int_eq(p[LEN - 1], 9);
 	munmap(p, LEN);
@@ -188,9 +202,7 @@ START_TEST(manage_anon_first_touch_zero_and_writes_stick)
 {
 	char *p = map_managed(LEN);
 
-	ck_assert(all_zero(p, LEN));
-	t_fill_pattern(p, LEN, 1);
-	ck_assert_int_eq(t_check_pattern(p, LEN, 1), -1);
+	assert_zero_then_pattern(p, LEN, 1);
 	munmap(p, LEN);
 }
 END_TEST
@@ -217,8 +229,7 @@ START_TEST(manage_keeps_present_pages)
 
 	t_fill_pattern(p, LEN / 2, 3);
 	ck_assert_int_eq(uhmm_mm_manage(mm, p, LEN), 0);
-	ck_assert_int_eq(t_check_pattern(p, LEN / 2, 3), -1);
-	ck_assert(all_zero(p + LEN / 2, LEN / 2));
+	assert_half_pattern(p, 3);
 	munmap(p, LEN);
 }
 END_TEST
@@ -284,84 +295,28 @@ START_TEST(manage_shared_anon_works)
 
 	ck_assert_ptr_ne(p, MAP_FAILED);
 	ck_assert_int_eq(uhmm_mm_manage(mm, p, LEN), 0);
-	ck_assert(all_zero(p, LEN));
-	t_fill_pattern(p, LEN, 11);
-	ck_assert_int_eq(t_check_pattern(p, LEN, 11), -1);
+	assert_zero_then_pattern(p, LEN, 11);
 	munmap(p, LEN);
 }
 END_TEST
-
-static long hp_saved = -1;
-
-static long read_long(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	long v = -1;
-
-	if (f) {
-		if (fscanf(f, "%ld", &v) != 1)
-			v = -1;
-		fclose(f);
-	}
-	return v;
-}
-
-static bool write_long(const char *path, long v)
-{
-	FILE *f = fopen(path, "w");
-	bool ok;
-
-	if (!f)
-		return false;
-	ok = fprintf(f, "%ld\n", v) > 0;
-	return fclose(f) == 0 && ok;
-}
-
-#define NR_HP "/proc/sys/vm/nr_hugepages"
-
-/* Reserve @n 2 MiB pages on top of what is there; false if impossible. */
-static bool hugepages_reserve(long n)
-{
-	hp_saved = read_long(NR_HP);
-	if (hp_saved < 0 || !write_long(NR_HP, hp_saved + n))
-		return false;
-	return read_long("/proc/sys/vm/nr_hugepages") >= hp_saved + n;
-}
-
-static void hugepages_restore(void)
-{
-	if (hp_saved >= 0)
-		write_long(NR_HP, hp_saved);
-	hp_saved = -1;
-}
 
 /* hugetlbfs memory can be managed: zero on first touch, writes stick. */
 START_TEST(manage_hugetlb_works)
 {
 	size_t len = 4UL << 20;
-	char *p;
+	const char *why;
+	char *p = t_hugetlb_map(len, &why);
 
-	if (!hugepages_reserve(2)) {
-		hugepages_restore();
-		t_skip("no 2 MiB hugetlb pages could be reserved via " NR_HP);
-		return;
-	}
-	p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
-	if (p == MAP_FAILED) {
-		hugepages_restore();
-		t_skip("MAP_HUGETLB failed: %s", strerror(errno));
+	if (!p) {
+		t_skip("%s", why);
 		return;
 	}
 	ck_assert_int_eq(uhmm_mm_manage(mm, p, len), 0);
-	ck_assert(all_zero(p, len));
-	t_fill_pattern(p, len, 21);
-	ck_assert_int_eq(t_check_pattern(p, len, 21), -1);
+	assert_zero_then_pattern(p, len, 21);
 	/* unaligned to the huge page size: -EINVAL */
 	ck_assert_int_eq(uhmm_mm_unmanage(mm, p, len), 0);
 	ck_assert_int_eq(uhmm_mm_manage(mm, p + T_PAGE, len - 2 * T_PAGE), -EINVAL);
-	munmap(p, len);
-	hugepages_restore();
+	t_hugetlb_unmap(p, len);
 }
 END_TEST
 
@@ -465,8 +420,7 @@ START_TEST(unmanage_keeps_data)
 
 	t_fill_pattern(p, LEN / 2, 8);
 	ck_assert_int_eq(uhmm_mm_unmanage(mm, p, LEN), 0);
-	ck_assert_int_eq(t_check_pattern(p, LEN / 2, 8), -1);
-	ck_assert(all_zero(p + LEN / 2, LEN / 2));
+	assert_half_pattern(p, 8);
 	/* and it can be managed again */
 	ck_assert_int_eq(uhmm_mm_manage(mm, p, LEN), 0);
 	ck_assert_int_eq(t_check_pattern(p, LEN / 2, 8), -1);
@@ -514,9 +468,7 @@ START_TEST(alloc_returns_zeroed_managed_memory)
 	ck_assert_int_eq(uhmm_mm_alloc(mm, LEN, 0, &v), 0);
 	p = v;
 	ck_assert_uint_eq((uintptr_t)p % T_PAGE, 0);
-	ck_assert(all_zero(p, LEN));
-	t_fill_pattern(p, LEN, 12);
-	ck_assert_int_eq(t_check_pattern(p, LEN, 12), -1);
+	assert_zero_then_pattern(p, LEN, 12);
 	/* it is managed: managing it again overlaps */
 	ck_assert_int_eq(uhmm_mm_manage(mm, p, LEN), -EEXIST);
 	ck_assert_int_eq(uhmm_mm_free(mm, p, LEN), 0);
@@ -692,8 +644,7 @@ START_TEST(mremap_wrapper_moves_data)
 	t_fill_pattern(p, LEN / 2, 6);
 	ck_assert_int_eq(uhmm_mremap(p, LEN, 2 * LEN, MREMAP_MAYMOVE, NULL, &q), 0);
 	ck_assert_ptr_nonnull(q);
-	ck_assert_int_eq(t_check_pattern(q, LEN / 2, 6), -1);
-	ck_assert(all_zero((char *)q + LEN / 2, LEN / 2));
+	assert_half_pattern(q, 6);
 	ck_assert_int_eq(uhmm_mremap(q, LEN, LEN, 0, NULL, NULL), -EINVAL);
 	ck_assert_int_eq(uhmm_mremap((char *)q + 1, LEN, LEN, 0, NULL, &q), -EINVAL);
 	munmap(q, 2 * LEN);
@@ -729,74 +680,37 @@ END_TEST
 
 int main(void)
 {
-	TCase *open = tcase_create("mm_open");
-	TCase *close_ = tcase_create("mm_close");
-	TCase *manage = tcase_create("mm_manage");
-	TCase *unmanage = tcase_create("mm_unmanage");
-	TCase *alloc = tcase_create("mm_alloc");
-	TCase *free_ = tcase_create("mm_free");
-	TCase *stat = tcase_create("mm_stat");
-	TCase *feat = tcase_create("mm_features");
-	TCase *mprot = tcase_create("mprotect");
-	TCase *unmap = tcase_create("munmap");
-	TCase *madv = tcase_create("madvise");
-	TCase *remap = tcase_create("mremap");
-	TCase *fork_ = tcase_create("fork");
-
-	tcase_add_test(open, open_default_opts_succeeds);
-	tcase_add_test(open, open_explicit_opts_succeeds);
-	tcase_add_test(open, open_null_out_is_einval);
-	tcase_add_test(open, open_bad_opts_are_einval);
-	tcase_add_test(open, open_short_opts_struct_is_accepted);
-	tcase_add_test(open, open_two_mms_coexist);
-	tcase_add_test(close_, close_null_is_noop);
-	tcase_add_test(close_, close_leaves_memory_mapped_and_usable);
-
-	tcase_add_checked_fixture(manage, mm_setup, mm_teardown);
-	tcase_add_test(manage, manage_anon_first_touch_zero_and_writes_stick);
-	tcase_add_test(manage, manage_anon_first_write_sticks);
-	tcase_add_test(manage, manage_keeps_present_pages);
-	tcase_add_test(manage, manage_madv_dontneed_zeroes);
-	tcase_add_test(manage, manage_syscall_into_missing_page_works);
-	tcase_add_test(manage, manage_memfd_shared_works);
-	tcase_add_test(manage, manage_shared_anon_works);
-	tcase_add_test(manage, manage_hugetlb_works);
-	tcase_add_test(manage, manage_bad_args_are_einval);
-	tcase_add_test(manage, manage_overlap_is_eexist);
-	tcase_add_test(manage, manage_adjacent_ranges_ok);
-	tcase_add_test(manage, manage_unmapped_is_efault);
-	tcase_add_test(manage, manage_file_backed_is_eopnotsupp);
-	tcase_add_test(manage, manage_spanning_two_vmas_works);
-
-	tcase_add_checked_fixture(unmanage, mm_setup, mm_teardown);
-	tcase_add_test(unmanage, unmanage_keeps_data);
-	tcase_add_test(unmanage, unmanage_not_managed_is_enoent);
-	tcase_add_test(unmanage, unmanage_bad_args_are_einval);
-
-	tcase_add_checked_fixture(alloc, mm_setup, mm_teardown);
-	tcase_add_test(alloc, alloc_returns_zeroed_managed_memory);
-	tcase_add_test(alloc, alloc_huge_is_2m_aligned);
-	tcase_add_test(alloc, alloc_bad_args_are_einval);
-	tcase_add_checked_fixture(free_, mm_setup, mm_teardown);
-	tcase_add_test(free_, free_unmaps);
-	tcase_add_test(free_, free_errors);
-
-	tcase_add_checked_fixture(stat, mm_setup, mm_teardown);
-	tcase_add_test(stat, stat_counts_fault_around);
-	tcase_add_test(stat, stat_null_is_einval);
-	tcase_add_checked_fixture(feat, mm_setup, mm_teardown);
-	tcase_add_test(feat, features_reports_kernel_features);
-
-	tcase_add_checked_fixture(mprot, mm_setup, mm_teardown);
-	tcase_add_test(mprot, mprotect_wrapper_changes_protection);
-	tcase_add_checked_fixture(unmap, mm_setup, mm_teardown);
-	tcase_add_test(unmap, munmap_wrapper_unmaps);
-	tcase_add_checked_fixture(madv, mm_setup, mm_teardown);
-	tcase_add_test(madv, madvise_wrapper_dontneed_zeroes);
-	tcase_add_checked_fixture(remap, mm_setup, mm_teardown);
-	tcase_add_test(remap, mremap_wrapper_moves_data);
-	tcase_add_checked_fixture(fork_, mm_setup, mm_teardown);
-	tcase_add_test(fork_, fork_child_sees_plain_memory);
+	TCase *open = T_TCASE("mm_open", NULL, NULL, open_default_opts_succeeds,
+			      open_explicit_opts_succeeds, open_null_out_is_einval,
+			      open_bad_opts_are_einval, open_short_opts_struct_is_accepted,
+			      open_two_mms_coexist);
+	TCase *close_ = T_TCASE("mm_close", NULL, NULL, close_null_is_noop,
+				close_leaves_memory_mapped_and_usable);
+	TCase *manage = T_TCASE("mm_manage", mm_setup, mm_teardown,
+				manage_anon_first_touch_zero_and_writes_stick,
+				manage_anon_first_write_sticks, manage_keeps_present_pages,
+				manage_madv_dontneed_zeroes, manage_syscall_into_missing_page_works,
+				manage_memfd_shared_works, manage_shared_anon_works,
+				manage_hugetlb_works, manage_bad_args_are_einval,
+				manage_overlap_is_eexist, manage_adjacent_ranges_ok,
+				manage_unmapped_is_efault, manage_file_backed_is_eopnotsupp,
+				manage_spanning_two_vmas_works);
+	TCase *unmanage = T_TCASE("mm_unmanage", mm_setup, mm_teardown, unmanage_keeps_data,
+				  unmanage_not_managed_is_enoent, unmanage_bad_args_are_einval);
+	TCase *alloc = T_TCASE("mm_alloc", mm_setup, mm_teardown,
+			       alloc_returns_zeroed_managed_memory, alloc_huge_is_2m_aligned,
+			       alloc_bad_args_are_einval);
+	TCase *free_ = T_TCASE("mm_free", mm_setup, mm_teardown, free_unmaps, free_errors);
+	TCase *stat = T_TCASE("mm_stat", mm_setup, mm_teardown, stat_counts_fault_around,
+			      stat_null_is_einval);
+	TCase *feat = T_TCASE("mm_features", mm_setup, mm_teardown,
+			      features_reports_kernel_features);
+	TCase *mprot = T_TCASE("mprotect", mm_setup, mm_teardown,
+			       mprotect_wrapper_changes_protection);
+	TCase *unmap = T_TCASE("munmap", mm_setup, mm_teardown, munmap_wrapper_unmaps);
+	TCase *madv = T_TCASE("madvise", mm_setup, mm_teardown, madvise_wrapper_dontneed_zeroes);
+	TCase *remap = T_TCASE("mremap", mm_setup, mm_teardown, mremap_wrapper_moves_data);
+	TCase *fork_ = T_TCASE("fork", mm_setup, mm_teardown, fork_child_sees_plain_memory);
 
 	return t_run_suite("mm", open, close_, manage, unmanage, alloc, free_,
 			   stat, feat, mprot, unmap, madv, remap, fork_, NULL);

@@ -65,15 +65,28 @@ static void teardown(void)
 	uhmm_pagemap_set_evict_hook(NULL);
 }
 
+/*
+ * A pagemap of @type over @nr ranges of @r with host backing @base: PRIVATE
+ * and COHERENT get the test ops, PRIVATE an owner too.
+ */
+static void t_pgmap(struct uhmm_pagemap *p, enum uhmm_pagemap_type type,
+		    struct uhmm_dev_range *r, unsigned nr, void *base)
+{
+	memset(p, 0, sizeof(*p));
+	p->type = type;
+	if (type == UHMM_PAGEMAP_PRIVATE || type == UHMM_PAGEMAP_COHERENT)
+		p->ops = &ops;
+	if (type == UHMM_PAGEMAP_PRIVATE)
+		p->owner = &owner;
+	p->nr_range = nr;
+	p->ranges = r;
+	p->base = base;
+}
+
 /* A PRIVATE pagemap over @nr ranges of rg[] (no host backing). */
 static void t_private(struct uhmm_pagemap *p, struct uhmm_dev_range *r, unsigned nr)
 {
-	memset(p, 0, sizeof(*p));
-	p->type = UHMM_PAGEMAP_PRIVATE;
-	p->ops = &ops;
-	p->owner = &owner;
-	p->nr_range = nr;
-	p->ranges = r;
+	t_pgmap(p, UHMM_PAGEMAP_PRIVATE, r, nr, NULL);
 }
 
 /* One PRIVATE range of @npages at DEV0, registered. */
@@ -92,6 +105,13 @@ static struct uhmm_page *t_alloc1(struct uhmm_pagemap *p)
 	ck_assert_int_eq(uhmm_pagemap_alloc_pages(p, 1, 0, &page), 0);
 	ck_assert_ptr_nonnull(page);
 	return page;
+}
+
+/* t_private_simple(@npages), then one page allocated from it. */
+static struct uhmm_page *t_private_alloc1(uint64_t npages)
+{
+	t_private_simple(npages);
+	return t_alloc1(&pm);
 }
 
 static void t_sleep_ms(unsigned ms)
@@ -132,12 +152,7 @@ START_TEST(memremap_each_type_with_base)
 	for (unsigned i = 0; i < 3; i++) {
 		rg[0].start = DEV0;
 		rg[0].end = DEV0 + 8 * T_PAGE;
-		memset(&pm, 0, sizeof(pm));
-		pm.type = types[i];
-		pm.ops = types[i] == UHMM_PAGEMAP_COHERENT ? &ops : NULL;
-		pm.nr_range = 1;
-		pm.ranges = rg;
-		pm.base = base;
+		t_pgmap(&pm, types[i], rg, 1, base);
 		ck_assert_int_eq(uhmm_memremap_pages(&pm), 0);
 		ck_assert_int_eq(uhmm_pagemap_nr_pages(&pm), 8);
 		ck_assert_int_eq(uhmm_memunmap_pages(&pm), 0);
@@ -314,13 +329,8 @@ START_TEST(memremap_altmap_places_page_structs_in_base)
 	struct uhmm_page *first;
 
 	rg[0] = (struct uhmm_dev_range){ DEV0, DEV0 + n * T_PAGE };
-	memset(&pm, 0, sizeof(pm));
-	pm.type = UHMM_PAGEMAP_COHERENT;
+	t_pgmap(&pm, UHMM_PAGEMAP_COHERENT, rg, 1, base);
 	pm.flags = UHMM_PGMAP_ALTMAP;
-	pm.ops = &ops;
-	pm.nr_range = 1;
-	pm.ranges = rg;
-	pm.base = base;
 	pm.altmap.reserve = reserve;
 	ck_assert_int_eq(uhmm_memremap_pages(&pm), 0);
 	ck_assert_uint_eq(pm.altmap.alloc, memmap);
@@ -344,13 +354,8 @@ START_TEST(memremap_altmap_without_base_or_too_small_is_einval)
 
 	rg[0] = (struct uhmm_dev_range){ DEV0, DEV0 + 128 * T_PAGE };
 	rg[1] = (struct uhmm_dev_range){ DEV0 + GiB, DEV0 + GiB + 128 * T_PAGE };
-	memset(&pm, 0, sizeof(pm));
-	pm.type = UHMM_PAGEMAP_PRIVATE;
+	t_pgmap(&pm, UHMM_PAGEMAP_PRIVATE, rg, 2, NULL);
 	pm.flags = UHMM_PGMAP_ALTMAP;
-	pm.ops = &ops;
-	pm.owner = &owner;
-	pm.nr_range = 2;
-	pm.ranges = rg;
 	ck_assert_int_eq(uhmm_memremap_pages(&pm), -EINVAL);		/* no base */
 	pm.base = base;
 	pm.altmap.reserve = 127;
@@ -385,12 +390,8 @@ START_TEST(memremap_failed_altmap_leaves_base_untouched)
 	ck_assert_int_eq(uhmm_memremap_pages(&a), 0);
 	t_fill_pattern(base, len, 7);
 	rg[0] = (struct uhmm_dev_range){ DEV0 - 32 * T_PAGE, DEV0 + 32 * T_PAGE };
-	memset(&pm, 0, sizeof(pm));
-	pm.type = UHMM_PAGEMAP_GENERIC;
+	t_pgmap(&pm, UHMM_PAGEMAP_GENERIC, rg, 1, base);
 	pm.flags = UHMM_PGMAP_ALTMAP;
-	pm.nr_range = 1;
-	pm.ranges = rg;
-	pm.base = base;
 	ck_assert_int_eq(uhmm_memremap_pages(&pm), -EBUSY);
 	ck_assert_int_eq(t_check_pattern(base, len, 7), -1);
 	ck_assert_int_eq(uhmm_memunmap_pages(&a), 0);
@@ -425,6 +426,7 @@ START_TEST(memremap_concurrent_overlapping_one_wins)
 
 	for (int round = 0; round < 20; round++) {
 		pthread_t th[4];
+		void *rc[4];
 		int wins = 0, winner = -1;
 
 		for (int t = 0; t < 4; t++) {
@@ -432,17 +434,15 @@ START_TEST(memremap_concurrent_overlapping_one_wins)
 			r[t] = (struct uhmm_dev_range){ DEV0 + (uint64_t)t * T_PAGE,
 							DEV0 + (uint64_t)(t + 4) * T_PAGE };
 			t_private(&p[t], &r[t], 1);
-			ck_assert_int_eq(pthread_create(&th[t], NULL, remap_fn, &p[t]), 0);
 		}
+		t_threads_start(th, 4, remap_fn, p, sizeof(p[0]));
+		t_threads_join(th, 4, rc);
 		for (int t = 0; t < 4; t++) {
-			void *rc;
-
-			pthread_join(th[t], &rc);
-			if ((intptr_t)rc == 0) {
+			if ((intptr_t)rc[t] == 0) {
 				wins++;
 				winner = t;
 			} else {
-				ck_assert_int_eq((int)(intptr_t)rc, -EBUSY);
+				ck_assert_int_eq((int)(intptr_t)rc[t], -EBUSY);
 			}
 		}
 		ck_assert_int_eq(wins, 1);
@@ -510,8 +510,7 @@ START_TEST(memunmap_waits_for_page_refs)
 	pthread_t th;
 	uint64_t t0;
 
-	t_private_simple(8);
-	d.page = t_alloc1(&pm);
+	d.page = t_private_alloc1(8);
 	ck_assert_int_eq(pthread_create(&th, NULL, delayed_put_fn, &d), 0);
 	t0 = t_now_ns();
 	ck_assert_int_eq(uhmm_memunmap_pages(&pm), 0);
@@ -556,8 +555,7 @@ START_TEST(memunmap_dying_pagemap_refuses_new_refs)
 	pthread_t th;
 	void *rc;
 
-	t_private_simple(8);
-	page = t_alloc1(&pm);
+	page = t_private_alloc1(8);
 	ck_assert_int_eq(pthread_create(&th, NULL, unmap_fn, &pm), 0);
 	while (!uhmm_pagemap_is_dying(&pm))
 		t_sleep_ms(1);
@@ -630,15 +628,15 @@ START_TEST(memunmap_concurrent_get_put_during_teardown)
 	for (int t = 0; t < CHURN_THREADS; t++) {
 		c[t].held = t_alloc1(&pm);
 		c[t].seed = (unsigned)t * 13;
-		ck_assert_int_eq(pthread_create(&th[t], NULL, churn_fn, &c[t]), 0);
 	}
+	t_threads_start(th, CHURN_THREADS, churn_fn, c, sizeof(c[0]));
 	for (int t = 0; t < CHURN_THREADS; t++)
 		while (!atomic_load(&c[t].ok))
 			sched_yield();
 	t_sleep_ms(20);
 	ck_assert_int_eq(uhmm_memunmap_pages(&pm), 0);
+	t_threads_join(th, CHURN_THREADS, NULL);
 	for (int t = 0; t < CHURN_THREADS; t++) {
-		pthread_join(th[t], NULL);
 		ck_assert_uint_eq(c[t].errors, 0);
 		ck_assert_uint_gt(c[t].enxio, 0);
 		ck_assert_ptr_null(c[t].held);	/* each saw the pagemap dying */
@@ -656,8 +654,7 @@ START_TEST(memunmap_concurrent_callers_one_wins)
 	pthread_t a, b;
 	void *ra, *rb;
 
-	t_private_simple(4);
-	page = t_alloc1(&pm);
+	page = t_private_alloc1(4);
 	ck_assert_int_eq(pthread_create(&a, NULL, unmap_fn, &pm), 0);
 	ck_assert_int_eq(pthread_create(&b, NULL, unmap_fn, &pm), 0);
 	t_sleep_ms(50);
@@ -705,8 +702,7 @@ START_TEST(memunmap_timeout_busy_then_success)
 	struct uhmm_page *page, *other;
 	uint64_t t0;
 
-	t_private_simple(8);
-	page = t_alloc1(&pm);
+	page = t_private_alloc1(8);
 	t0 = t_now_ns();
 	ck_assert_int_eq(uhmm_memunmap_pages_timeout(&pm, 50), -EBUSY);
 	ck_assert_uint_ge(t_now_ns() - t0, 40 * 1000000ULL);
@@ -756,8 +752,7 @@ START_TEST(memunmap_after_timeout_finishes)
 	struct delayed_put d = { .ms = 50 };
 	pthread_t th;
 
-	t_private_simple(8);
-	d.page = t_alloc1(&pm);
+	d.page = t_private_alloc1(8);
 	ck_assert_int_eq(uhmm_memunmap_pages_timeout(&pm, 0), -EBUSY);
 	ck_assert_int_eq(pthread_create(&th, NULL, delayed_put_fn, &d), 0);
 	ck_assert_int_eq(uhmm_memunmap_pages(&pm), 0);
@@ -919,8 +914,7 @@ START_TEST(pfn_to_page_concurrent_with_registration)
 	pthread_t th[2];
 
 	t_private_simple(64);
-	for (int t = 0; t < 2; t++)
-		ck_assert_int_eq(pthread_create(&th[t], NULL, reader_fn, &rd[t]), 0);
+	t_threads_start(th, 2, reader_fn, rd, sizeof(rd[0]));
 	while (!atomic_load(&rd[0].lookups) || !atomic_load(&rd[1].lookups))
 		sched_yield();
 	for (unsigned i = 0; i < 150; i++) {
@@ -934,8 +928,8 @@ START_TEST(pfn_to_page_concurrent_with_registration)
 		ck_assert_int_eq(uhmm_memunmap_pages(&churn), 0);
 	}
 	atomic_store(&stop, true);
+	t_threads_join(th, 2, NULL);
 	for (int t = 0; t < 2; t++) {
-		pthread_join(th[t], NULL);
 		ck_assert_uint_eq(rd[t].errors, 0);
 		ck_assert_uint_gt(atomic_load(&rd[t].lookups), 0);
 	}
@@ -982,12 +976,7 @@ START_TEST(page_to_virt_follows_base_in_range_order)
 
 	rg[0] = (struct uhmm_dev_range){ DEV0 + GiB, DEV0 + GiB + 4 * T_PAGE };
 	rg[1] = (struct uhmm_dev_range){ DEV0, DEV0 + 8 * T_PAGE };
-	memset(&pm, 0, sizeof(pm));
-	pm.type = UHMM_PAGEMAP_COHERENT;
-	pm.ops = &ops;
-	pm.nr_range = 2;
-	pm.ranges = rg;
-	pm.base = base;
+	t_pgmap(&pm, UHMM_PAGEMAP_COHERENT, rg, 2, base);
 	ck_assert_int_eq(uhmm_memremap_pages(&pm), 0);
 	ck_assert_ptr_eq(uhmm_page_to_virt(uhmm_pfn_to_page(PFN(DEV0 + GiB))), base);
 	ck_assert_ptr_eq(uhmm_page_to_virt(uhmm_pfn_to_page(PFN(DEV0 + GiB) + 3)), base + 3 * T_PAGE);
@@ -1064,8 +1053,7 @@ START_TEST(get_dev_pagemap_dying_is_enxio)
 	struct uhmm_pagemap *out = NULL;
 	struct uhmm_page *page;
 
-	t_private_simple(8);
-	page = t_alloc1(&pm);
+	page = t_private_alloc1(8);
 	ck_assert_int_eq(uhmm_memunmap_pages_timeout(&pm, 0), -EBUSY);
 	ck_assert_int_eq(uhmm_get_dev_pagemap(PFN(DEV0) + 5, &out), -ENXIO);
 	ck_assert_ptr_null(out);
@@ -1127,16 +1115,8 @@ static void *get_many_fn(void *p)
 /* References taken on other threads can be dropped on this one. */
 START_TEST(put_dev_pagemap_other_thread_refs)
 {
-	pthread_t th[4];
-	void *bad;
-
 	t_private_simple(8);
-	for (int t = 0; t < 4; t++)
-		ck_assert_int_eq(pthread_create(&th[t], NULL, get_many_fn, &pm), 0);
-	for (int t = 0; t < 4; t++) {
-		pthread_join(th[t], &bad);
-		ck_assert_ptr_null(bad);
-	}
+	t_threads_run(4, get_many_fn, &pm, 0);
 	ck_assert_int_eq(uhmm_memunmap_pages_timeout(&pm, 0), -EBUSY);
 	for (int i = 0; i < 400; i++)
 		ck_assert_int_eq(uhmm_put_dev_pagemap(&pm), 0);
@@ -1152,8 +1132,7 @@ START_TEST(page_get_adds_a_reference)
 {
 	struct uhmm_page *page;
 
-	t_private_simple(4);
-	page = t_alloc1(&pm);
+	page = t_private_alloc1(4);
 	ck_assert_int_eq(uhmm_page_get(page), 0);
 	ck_assert_int_eq(page->refcount, 2);
 	ck_assert_int_eq(uhmm_page_put(page), 0);
@@ -1185,8 +1164,7 @@ START_TEST(page_put_last_ref_frees_once)
 {
 	struct uhmm_page *page;
 
-	t_private_simple(4);
-	page = t_alloc1(&pm);
+	page = t_private_alloc1(4);
 	ck_assert_int_eq(uhmm_pagemap_nr_free(&pm), 3);
 	ck_assert_int_eq(uhmm_page_put(page), 0);
 	ck_assert_int_eq(atomic_load(&n_page_free), 1);
@@ -1232,18 +1210,9 @@ static void *get_put_page_fn(void *p)
 /* Concurrent get/put on one page: page_free runs exactly once, at the final put. */
 START_TEST(page_put_concurrent_frees_exactly_once)
 {
-	struct uhmm_page *page;
-	pthread_t th[4];
-	void *bad;
+	struct uhmm_page *page = t_private_alloc1(4);
 
-	t_private_simple(4);
-	page = t_alloc1(&pm);
-	for (int t = 0; t < 4; t++)
-		ck_assert_int_eq(pthread_create(&th[t], NULL, get_put_page_fn, page), 0);
-	for (int t = 0; t < 4; t++) {
-		pthread_join(th[t], &bad);
-		ck_assert_ptr_null(bad);
-	}
+	t_threads_run(4, get_put_page_fn, page, 0);
 	ck_assert_int_eq(atomic_load(&n_page_free), 0);
 	ck_assert_int_eq(page->refcount, 1);
 	ck_assert_int_eq(uhmm_page_put(page), 0);
@@ -1259,11 +1228,7 @@ START_TEST(page_put_without_page_free_op)
 	struct uhmm_page *page;
 
 	rg[0] = (struct uhmm_dev_range){ DEV0, DEV0 + 4 * T_PAGE };
-	memset(&pm, 0, sizeof(pm));
-	pm.type = UHMM_PAGEMAP_GENERIC;
-	pm.nr_range = 1;
-	pm.ranges = rg;
-	pm.base = base;
+	t_pgmap(&pm, UHMM_PAGEMAP_GENERIC, rg, 1, base);
 	ck_assert_int_eq(uhmm_memremap_pages(&pm), 0);
 	page = t_alloc1(&pm);
 	ck_assert_int_eq(uhmm_page_put(page), 0);
@@ -1422,12 +1387,8 @@ START_TEST(alloc_pages_skips_altmap_pages)
 	uint64_t unusable, got;
 
 	rg[0] = (struct uhmm_dev_range){ DEV0, DEV0 + n * T_PAGE };
-	memset(&pm, 0, sizeof(pm));
-	pm.type = UHMM_PAGEMAP_GENERIC;
+	t_pgmap(&pm, UHMM_PAGEMAP_GENERIC, rg, 1, base);
 	pm.flags = UHMM_PGMAP_ALTMAP;
-	pm.nr_range = 1;
-	pm.ranges = rg;
-	pm.base = base;
 	pm.altmap.reserve = reserve;
 	ck_assert_int_eq(uhmm_memremap_pages(&pm), 0);
 	unusable = reserve + pm.altmap.alloc;
@@ -1457,7 +1418,7 @@ static atomic_int page_owner[ALLOC_PAGES];
 
 static void *alloc_churn_fn(void *p)
 {
-	long me = (long)(intptr_t)p, bad = 0;
+	long me = *(const long *)p, bad = 0;
 	struct uhmm_page *pages[8];
 
 	for (int it = 0; it < 3000; it++) {
@@ -1485,17 +1446,10 @@ static void *alloc_churn_fn(void *p)
 /* Threads allocating and freeing concurrently never share a page. */
 START_TEST(alloc_pages_concurrent_threads_disjoint)
 {
-	pthread_t th[ALLOC_THREADS];
-	void *bad;
+	static const long ids[ALLOC_THREADS] = { 1, 2, 3, 4 };	/* page_owner marks */
 
 	t_private_simple(ALLOC_PAGES / 8);	/* small pool: lots of contention */
-	for (long t = 0; t < ALLOC_THREADS; t++)
-		ck_assert_int_eq(pthread_create(&th[t], NULL, alloc_churn_fn,
-						(void *)(intptr_t)(t + 1)), 0);
-	for (int t = 0; t < ALLOC_THREADS; t++) {
-		pthread_join(th[t], &bad);
-		ck_assert_ptr_null(bad);
-	}
+	t_threads_run(ALLOC_THREADS, alloc_churn_fn, (void *)ids, sizeof(ids[0]));
 	ck_assert_int_eq(uhmm_pagemap_nr_free(&pm), ALLOC_PAGES / 8);
 	ck_assert_int_eq(uhmm_memunmap_pages_timeout(&pm, 0), 0);
 }
@@ -1615,11 +1569,7 @@ START_TEST(evict_hook_skips_generic)
 	char *base = t_map_anon(4 * T_PAGE);
 
 	rg[0] = (struct uhmm_dev_range){ DEV0, DEV0 + 4 * T_PAGE };
-	memset(&pm, 0, sizeof(pm));
-	pm.type = UHMM_PAGEMAP_GENERIC;
-	pm.nr_range = 1;
-	pm.ranges = rg;
-	pm.base = base;
+	t_pgmap(&pm, UHMM_PAGEMAP_GENERIC, rg, 1, base);
 	ck_assert_int_eq(uhmm_memremap_pages(&pm), 0);
 	uhmm_pagemap_set_evict_hook(t_evict);
 	ck_assert_int_eq(uhmm_memunmap_pages(&pm), 0);
@@ -1639,8 +1589,7 @@ START_TEST(evict_hook_failure_still_waits)
 {
 	struct uhmm_page *page;
 
-	t_private_simple(4);
-	page = t_alloc1(&pm);
+	page = t_private_alloc1(4);
 	uhmm_pagemap_set_evict_hook(t_evict_fails);
 	ck_assert_int_eq(uhmm_memunmap_pages_timeout(&pm, 10), -EBUSY);
 	ck_assert_int_eq(uhmm_memunmap_pages_timeout(&pm, 10), -EBUSY);
@@ -1650,101 +1599,74 @@ START_TEST(evict_hook_failure_still_waits)
 }
 END_TEST
 
-static TCase *tc(const char *name)
-{
-	TCase *t = tcase_create(name);
-
-	tcase_add_checked_fixture(t, setup, teardown);
-	return t;
-}
-
 int main(void)
 {
-	TCase *remap = tc("memremap_pages"), *unmap = tc("memunmap_pages");
-	TCase *unmap_to = tc("memunmap_pages_timeout"), *p2p = tc("pfn_to_page");
-	TCase *p2pfn = tc("page_to_pfn"), *p2v = tc("page_to_virt");
-	TCase *getpm = tc("get_dev_pagemap"), *putpm = tc("put_dev_pagemap");
-	TCase *pget = tc("page_get"), *pput = tc("page_put");
-	TCase *alloc = tc("pagemap_alloc_pages"), *nrp = tc("pagemap_nr_pages");
-	TCase *nrf = tc("pagemap_nr_free"), *hidden = tc("internal_helpers");
-
-	tcase_add_test(remap, memremap_private_creates_free_page_structs);
-	tcase_add_test(remap, memremap_each_type_with_base);
-	tcase_add_test(remap, memremap_bad_type_or_flags_is_einval);
-	tcase_add_test(remap, memremap_private_requirements_are_einval);
-	tcase_add_test(remap, memremap_backed_types_requirements_are_einval);
-	tcase_add_test(remap, memremap_bad_ranges_are_einval);
-	tcase_add_test(remap, memremap_overlap_with_registered_is_ebusy);
-	tcase_add_test(remap, memremap_registered_pgmap_is_ebusy_until_unmapped);
-	tcase_add_test(remap, memremap_altmap_places_page_structs_in_base);
-	tcase_add_test(remap, memremap_altmap_without_base_or_too_small_is_einval);
-	tcase_add_test(remap, memremap_failed_altmap_leaves_base_untouched);
-	tcase_add_test(remap, memremap_keeps_caller_range_order);
-	tcase_add_test(remap, memremap_concurrent_overlapping_one_wins);
-
-	tcase_add_test(unmap, memunmap_unregisters_and_cleans_up_once);
-	tcase_add_test(unmap, memunmap_unregistered_is_einval);
-	tcase_add_test(unmap, memunmap_waits_for_page_refs);
-	tcase_add_test(unmap, memunmap_waits_for_pagemap_refs);
-	tcase_add_test(unmap, memunmap_dying_pagemap_refuses_new_refs);
-	tcase_add_test(unmap, memunmap_concurrent_get_put_during_teardown);
-	tcase_add_test(unmap, memunmap_concurrent_callers_one_wins);
-	tcase_add_test(unmap, memunmap_cleanup_may_free_pgmap);
-
-	tcase_add_test(unmap_to, memunmap_timeout_busy_then_success);
-	tcase_add_test(unmap_to, memunmap_timeout_busy_on_pagemap_ref);
-	tcase_add_test(unmap_to, memunmap_timeout_zero_when_idle_succeeds);
-	tcase_add_test(unmap_to, memunmap_after_timeout_finishes);
-	tcase_add_test(unmap_to, memunmap_timeout_unregistered_is_einval);
-
-	tcase_add_test(p2p, pfn_to_page_every_pfn_of_1gib);
-	tcase_add_test(p2p, pfn_to_page_gaps_are_null);
-	tcase_add_test(p2p, pfn_to_page_picks_the_right_pagemap);
-	tcase_add_test(p2p, pfn_to_page_unregistered_is_null);
-	tcase_add_test(p2p, pfn_to_page_concurrent_with_registration);
-
-	tcase_add_test(p2pfn, page_to_pfn_round_trips_across_ranges);
-	tcase_add_test(p2pfn, page_to_pfn_null_is_zero);
-
-	tcase_add_test(p2v, page_to_virt_follows_base_in_range_order);
-	tcase_add_test(p2v, page_to_virt_without_base_is_null);
-	tcase_add_test(p2v, page_to_virt_private_with_base);
-
-	tcase_add_test(getpm, get_dev_pagemap_returns_owner_and_pins);
-	tcase_add_test(getpm, get_dev_pagemap_no_pagemap_is_enoent);
-	tcase_add_test(getpm, get_dev_pagemap_dying_is_enxio);
-	tcase_add_test(getpm, get_dev_pagemap_null_out_is_einval);
-
-	tcase_add_test(putpm, put_dev_pagemap_without_get_is_einval);
-	tcase_add_test(putpm, put_dev_pagemap_unregistered_is_einval);
-	tcase_add_test(putpm, put_dev_pagemap_other_thread_refs);
-
-	tcase_add_test(pget, page_get_adds_a_reference);
-	tcase_add_test(pget, page_get_free_page_is_einval);
-
-	tcase_add_test(pput, page_put_last_ref_frees_once);
-	tcase_add_test(pput, page_put_without_get_is_einval);
-	tcase_add_test(pput, page_put_concurrent_frees_exactly_once);
-	tcase_add_test(pput, page_put_without_page_free_op);
-
-	tcase_add_test(alloc, alloc_pages_returns_distinct_referenced_pages);
-	tcase_add_test(alloc, alloc_pages_exhaustion_is_enospc);
-	tcase_add_test(alloc, alloc_pages_contig_is_contiguous_within_a_range);
-	tcase_add_test(alloc, alloc_pages_contig_fragmented_is_enospc);
-	tcase_add_test(alloc, alloc_pages_contig_never_spans_ranges);
-	tcase_add_test(alloc, alloc_pages_reuses_lowest_free_page);
-	tcase_add_test(alloc, alloc_pages_bad_args_is_einval);
-	tcase_add_test(alloc, alloc_pages_skips_altmap_pages);
-	tcase_add_test(alloc, alloc_pages_concurrent_threads_disjoint);
-
-	tcase_add_test(nrp, nr_pages_counts_all_ranges);
-	tcase_add_test(nrf, nr_free_tracks_the_pool);
-
-	tcase_add_test(hidden, pagemap_page_indexes_across_ranges);
-	tcase_add_test(hidden, pagemap_is_dying_follows_teardown);
-	tcase_add_test(hidden, evict_hook_runs_for_private_and_drains);
-	tcase_add_test(hidden, evict_hook_skips_generic);
-	tcase_add_test(hidden, evict_hook_failure_still_waits);
+	TCase *remap = T_TCASE("memremap_pages", setup, teardown,
+			       memremap_private_creates_free_page_structs,
+			       memremap_each_type_with_base, memremap_bad_type_or_flags_is_einval,
+			       memremap_private_requirements_are_einval,
+			       memremap_backed_types_requirements_are_einval,
+			       memremap_bad_ranges_are_einval,
+			       memremap_overlap_with_registered_is_ebusy,
+			       memremap_registered_pgmap_is_ebusy_until_unmapped,
+			       memremap_altmap_places_page_structs_in_base,
+			       memremap_altmap_without_base_or_too_small_is_einval,
+			       memremap_failed_altmap_leaves_base_untouched,
+			       memremap_keeps_caller_range_order,
+			       memremap_concurrent_overlapping_one_wins);
+	TCase *unmap = T_TCASE("memunmap_pages", setup, teardown,
+			       memunmap_unregisters_and_cleans_up_once,
+			       memunmap_unregistered_is_einval, memunmap_waits_for_page_refs,
+			       memunmap_waits_for_pagemap_refs,
+			       memunmap_dying_pagemap_refuses_new_refs,
+			       memunmap_concurrent_get_put_during_teardown,
+			       memunmap_concurrent_callers_one_wins,
+			       memunmap_cleanup_may_free_pgmap);
+	TCase *unmap_to = T_TCASE("memunmap_pages_timeout", setup, teardown,
+				  memunmap_timeout_busy_then_success,
+				  memunmap_timeout_busy_on_pagemap_ref,
+				  memunmap_timeout_zero_when_idle_succeeds,
+				  memunmap_after_timeout_finishes,
+				  memunmap_timeout_unregistered_is_einval);
+	TCase *p2p = T_TCASE("pfn_to_page", setup, teardown, pfn_to_page_every_pfn_of_1gib,
+			     pfn_to_page_gaps_are_null, pfn_to_page_picks_the_right_pagemap,
+			     pfn_to_page_unregistered_is_null,
+			     pfn_to_page_concurrent_with_registration);
+	TCase *p2pfn = T_TCASE("page_to_pfn", setup, teardown,
+			       page_to_pfn_round_trips_across_ranges, page_to_pfn_null_is_zero);
+	TCase *p2v = T_TCASE("page_to_virt", setup, teardown,
+			     page_to_virt_follows_base_in_range_order,
+			     page_to_virt_without_base_is_null, page_to_virt_private_with_base);
+	TCase *getpm = T_TCASE("get_dev_pagemap", setup, teardown,
+			       get_dev_pagemap_returns_owner_and_pins,
+			       get_dev_pagemap_no_pagemap_is_enoent, get_dev_pagemap_dying_is_enxio,
+			       get_dev_pagemap_null_out_is_einval);
+	TCase *putpm = T_TCASE("put_dev_pagemap", setup, teardown,
+			       put_dev_pagemap_without_get_is_einval,
+			       put_dev_pagemap_unregistered_is_einval,
+			       put_dev_pagemap_other_thread_refs);
+	TCase *pget = T_TCASE("page_get", setup, teardown, page_get_adds_a_reference,
+			      page_get_free_page_is_einval);
+	TCase *pput = T_TCASE("page_put", setup, teardown, page_put_last_ref_frees_once,
+			      page_put_without_get_is_einval,
+			      page_put_concurrent_frees_exactly_once,
+			      page_put_without_page_free_op);
+	TCase *alloc = T_TCASE("pagemap_alloc_pages", setup, teardown,
+			       alloc_pages_returns_distinct_referenced_pages,
+			       alloc_pages_exhaustion_is_enospc,
+			       alloc_pages_contig_is_contiguous_within_a_range,
+			       alloc_pages_contig_fragmented_is_enospc,
+			       alloc_pages_contig_never_spans_ranges,
+			       alloc_pages_reuses_lowest_free_page, alloc_pages_bad_args_is_einval,
+			       alloc_pages_skips_altmap_pages,
+			       alloc_pages_concurrent_threads_disjoint);
+	TCase *nrp = T_TCASE("pagemap_nr_pages", setup, teardown, nr_pages_counts_all_ranges);
+	TCase *nrf = T_TCASE("pagemap_nr_free", setup, teardown, nr_free_tracks_the_pool);
+	TCase *hidden = T_TCASE("internal_helpers", setup, teardown,
+				pagemap_page_indexes_across_ranges,
+				pagemap_is_dying_follows_teardown,
+				evict_hook_runs_for_private_and_drains, evict_hook_skips_generic,
+				evict_hook_failure_still_waits);
 
 	return t_run_suite("pagemap", remap, unmap, unmap_to, p2p, p2pfn, p2v, getpm,
 			   putpm, pget, pput, alloc, nrp, nrf, hidden, NULL);

@@ -273,12 +273,11 @@ START_TEST(request_free_region_concurrent_no_overlap)
 	uint64_t kept[CONC_THREADS * CONC_EACH / 2][2];
 	size_t n = 0;
 
-	for (int t = 0; t < CONC_THREADS; t++) {
+	for (int t = 0; t < CONC_THREADS; t++)
 		args[t].res = res;
-		ck_assert_int_eq(pthread_create(&th[t], NULL, conc_worker, &args[t]), 0);
-	}
+	t_threads_start(th, CONC_THREADS, conc_worker, args, sizeof(args[0]));
+	t_threads_join(th, CONC_THREADS, NULL);
 	for (int t = 0; t < CONC_THREADS; t++) {
-		pthread_join(th[t], NULL);
 		ck_assert_int_eq(args[t].err, 0);
 		for (int i = 0; i < CONC_EACH; i += 2) {
 			kept[n][0] = args[t].got[i];
@@ -329,33 +328,24 @@ END_TEST
 
 int main(void)
 {
-	TCase *create = tcase_create("resource_create");
-	TCase *req = tcase_create("request_region");
-	TCase *freereq = tcase_create("request_free_region");
-	TCase *rel = tcase_create("release_region");
+	TCase *create = T_TCASE("resource_create", setup, teardown,
+				resource_create_spans_requested_range,
+				resource_create_bad_span_is_einval,
+				resource_destroy_null_and_with_claims);
+	TCase *req = T_TCASE("request_region", setup, teardown,
+			     request_region_fixed_adjacent_and_edges,
+			     request_region_overlap_is_ebusy, request_region_bad_args_is_einval,
+			     request_region_null_is_global_tree);
+	TCase *freereq = T_TCASE("request_free_region", setup, teardown,
+				 request_free_region_lowest_fit,
+				 request_free_region_honours_alignment,
+				 request_free_region_fills_gaps_that_fit,
+				 request_free_region_no_room_is_enospc,
+				 request_free_region_bad_args_is_einval,
+				 request_free_region_alignment_overflow_is_enospc,
+				 request_free_region_concurrent_no_overlap);
+	TCase *rel = T_TCASE("release_region", setup, teardown, release_region_makes_range_reusable,
+			     release_region_not_a_start_is_enoent);
 
-	tcase_add_checked_fixture(create, setup, teardown);
-	tcase_add_test(create, resource_create_spans_requested_range);
-	tcase_add_test(create, resource_create_bad_span_is_einval);
-	tcase_add_test(create, resource_destroy_null_and_with_claims);
-
-	tcase_add_checked_fixture(req, setup, teardown);
-	tcase_add_test(req, request_region_fixed_adjacent_and_edges);
-	tcase_add_test(req, request_region_overlap_is_ebusy);
-	tcase_add_test(req, request_region_bad_args_is_einval);
-	tcase_add_test(req, request_region_null_is_global_tree);
-
-	tcase_add_checked_fixture(freereq, setup, teardown);
-	tcase_add_test(freereq, request_free_region_lowest_fit);
-	tcase_add_test(freereq, request_free_region_honours_alignment);
-	tcase_add_test(freereq, request_free_region_fills_gaps_that_fit);
-	tcase_add_test(freereq, request_free_region_no_room_is_enospc);
-	tcase_add_test(freereq, request_free_region_bad_args_is_einval);
-	tcase_add_test(freereq, request_free_region_alignment_overflow_is_enospc);
-	tcase_add_test(freereq, request_free_region_concurrent_no_overlap);
-
-	tcase_add_checked_fixture(rel, setup, teardown);
-	tcase_add_test(rel, release_region_makes_range_reusable);
-	tcase_add_test(rel, release_region_not_a_start_is_enoent);
 	return t_run_suite("resource", create, req, freereq, rel, NULL);
 }

@@ -1104,108 +1104,57 @@ END_TEST
 
 int main(void)
 {
-	TCase *create = tcase_create("sim_create");
-	TCase *destroy = tcase_create("sim_destroy");
-	TCase *destroy_c = tcase_create("sim_destroy_coherent");
-	TCase *rd = tcase_create("sim_read");
-	TCase *wr = tcase_create("sim_write");
-	TCase *todev = tcase_create("sim_migrate_to_dev");
-	TCase *todev_c = tcase_create("sim_migrate_to_dev_coherent");
-	TCase *tosys = tcase_create("sim_migrate_to_sys");
-	TCase *tosys_c = tcase_create("sim_migrate_to_sys_coherent");
-	TCase *snap = tcase_create("sim_snapshot");
-	TCase *snap_c = tcase_create("sim_snapshot_coherent");
-	TCase *excl = tcase_create("sim_exclusive");
-	TCase *chk = tcase_create("sim_check_exclusive");
-	TCase *rel = tcase_create("sim_release");
-	TCase *cnt = tcase_create("sim_counters");
-	TCase *two = tcase_create("two_sims");
-	TCase *thr = tcase_create("threads");
-	TCase *sys = tcase_create("syscalls");
-	TCase *frk = tcase_create("fork");
-	TCase *unm = tcase_create("unmap");
-
-	TCase *all_priv[] = { create, destroy, rd, wr, todev, tosys, snap, excl,
-			      chk, rel, cnt, two, thr, sys, frk, unm };
-	for (size_t i = 0; i < sizeof(all_priv) / sizeof(all_priv[0]); i++)
-		tcase_add_checked_fixture(all_priv[i], setup, teardown);
-	tcase_add_checked_fixture(destroy_c, setup_coherent, teardown);
-	tcase_add_checked_fixture(todev_c, setup_coherent, teardown);
-	tcase_add_checked_fixture(tosys_c, setup_coherent, teardown);
-	tcase_add_checked_fixture(snap_c, setup_coherent, teardown);
-
-	tcase_add_test(create, create_null_opts_is_private);
-	tcase_add_test(create, create_null_args_einval);
-	tcase_add_test(create, create_bad_opts_einval);
-	tcase_add_test(destroy, destroy_null_is_noop);
-	tcase_add_test(destroy, destroy_with_pages_on_device_keeps_data);
-	tcase_add_test(destroy_c, destroy_coherent_with_pages_keeps_data);
-
-	tcase_add_test(rd, read_sees_cpu_data_and_counts_fault);
-	tcase_add_test(rd, read_untouched_is_zero);
-	tcase_add_test(rd, read_after_cpu_write_sees_new_data);
-	tcase_add_test(rd, read_device_pages_stays_on_device);
-	tcase_add_test(rd, read_bad_args_einval);
-	tcase_add_test(rd, read_unmapped_is_efault);
-	tcase_add_test(rd, read_prot_none_is_efault);
-	tcase_add_test(rd, read_after_munmap_is_efault);
-
-	tcase_add_test(wr, write_visible_to_cpu);
-	tcase_add_test(wr, write_device_pages_then_cpu_read);
-	tcase_add_test(wr, write_readonly_is_eperm);
-	tcase_add_test(wr, write_after_read_upgrades_mirror);
-	tcase_add_test(wr, write_bad_args_and_unmapped);
-
-	tcase_add_test(todev, to_dev_then_cpu_read_faults_back);
-	tcase_add_test(todev, to_dev_then_cpu_write_faults_back);
-	tcase_add_test(todev, to_dev_untouched_pages_are_zero);
-	tcase_add_test(todev, to_dev_twice_moves_nothing);
-	tcase_add_test(todev, to_dev_bad_args_einval);
-	tcase_add_test(todev, to_dev_capacity_limit_moves_fewer);
-	tcase_add_test(todev, to_dev_evict_when_full_makes_room);
-	tcase_add_test(todev, to_dev_memfd_skips_rw_works);
-	tcase_add_test(todev, to_dev_readonly_skips);
-	tcase_add_test(todev, to_dev_large_range);
-	tcase_add_test(todev_c, to_dev_coherent_faults_back);
-
-	tcase_add_test(tosys, to_sys_brings_pages_back);
-	tcase_add_test(tosys, to_sys_nothing_or_other_device_is_zero);
-	tcase_add_test(tosys, to_sys_bad_args_einval);
-	tcase_add_test(tosys_c, to_sys_coherent);
-
-	tcase_add_test(snap, snapshot_untouched_is_none);
-	tcase_add_test(snap, snapshot_cpu_read_is_zero_read);
-	tcase_add_test(snap, snapshot_write_and_readonly);
-	tcase_add_test(snap, snapshot_thp_is_pmd);
-	tcase_add_test(snap, snapshot_private_local_and_remote);
-	tcase_add_test(snap, snapshot_prot_none_and_hole_are_error);
-	tcase_add_test(snap, snapshot_device_page_after_mprotect_read);
-	tcase_add_test(snap, snapshot_bad_args_einval);
-	tcase_add_test(snap_c, snapshot_coherent_local_and_remote);
-
-	tcase_add_test(excl, exclusive_until_cpu_touch_keeps_device_writes);
-	tcase_add_test(excl, exclusive_cpu_write_revokes);
-	tcase_add_test(excl, exclusive_on_device_pages);
-	tcase_add_test(excl, exclusive_errors);
-	tcase_add_test(chk, check_exclusive_never_taken_and_bad_args);
-	tcase_add_test(chk, check_exclusive_false_after_munmap);
-
-	tcase_add_test(rel, release_evicts_everything);
-	tcase_add_test(rel, release_empty_and_null);
-	tcase_add_test(cnt, counters_reset_on_read);
-
-	tcase_add_test(two, two_sims_read_through_other_migrates_back);
-	tcase_add_test(two, two_sims_write_through_other);
-	tcase_add_test(two, two_sims_interleaved_destroy);
-
-	tcase_add_test(thr, threads_fault_same_pages_once);
-	tcase_add_test(sys, syscall_write_from_device_pages);
-	tcase_add_test(sys, syscall_read_into_device_pages);
-	tcase_add_test(sys, syscall_process_vm_readv_device_pages);
-	tcase_add_test(frk, fork_with_device_pages);
-	tcase_add_test(unm, unmap_wrapper_frees_device_pages);
-	tcase_add_test(unm, unmap_plain_frees_device_pages);
-	tcase_add_test(unm, unmap_and_mprotect_during_migration);
+	TCase *create = T_TCASE("sim_create", setup, teardown, create_null_opts_is_private,
+				create_null_args_einval, create_bad_opts_einval);
+	TCase *destroy = T_TCASE("sim_destroy", setup, teardown, destroy_null_is_noop,
+				 destroy_with_pages_on_device_keeps_data);
+	TCase *destroy_c = T_TCASE("sim_destroy_coherent", setup_coherent, teardown,
+				   destroy_coherent_with_pages_keeps_data);
+	TCase *rd = T_TCASE("sim_read", setup, teardown, read_sees_cpu_data_and_counts_fault,
+			    read_untouched_is_zero, read_after_cpu_write_sees_new_data,
+			    read_device_pages_stays_on_device, read_bad_args_einval,
+			    read_unmapped_is_efault, read_prot_none_is_efault,
+			    read_after_munmap_is_efault);
+	TCase *wr = T_TCASE("sim_write", setup, teardown, write_visible_to_cpu,
+			    write_device_pages_then_cpu_read, write_readonly_is_eperm,
+			    write_after_read_upgrades_mirror, write_bad_args_and_unmapped);
+	TCase *todev = T_TCASE("sim_migrate_to_dev", setup, teardown,
+			       to_dev_then_cpu_read_faults_back, to_dev_then_cpu_write_faults_back,
+			       to_dev_untouched_pages_are_zero, to_dev_twice_moves_nothing,
+			       to_dev_bad_args_einval, to_dev_capacity_limit_moves_fewer,
+			       to_dev_evict_when_full_makes_room, to_dev_memfd_skips_rw_works,
+			       to_dev_readonly_skips, to_dev_large_range);
+	TCase *todev_c = T_TCASE("sim_migrate_to_dev_coherent", setup_coherent, teardown,
+				 to_dev_coherent_faults_back);
+	TCase *tosys = T_TCASE("sim_migrate_to_sys", setup, teardown, to_sys_brings_pages_back,
+			       to_sys_nothing_or_other_device_is_zero, to_sys_bad_args_einval);
+	TCase *tosys_c = T_TCASE("sim_migrate_to_sys_coherent", setup_coherent, teardown,
+				 to_sys_coherent);
+	TCase *snap = T_TCASE("sim_snapshot", setup, teardown, snapshot_untouched_is_none,
+			      snapshot_cpu_read_is_zero_read, snapshot_write_and_readonly,
+			      snapshot_thp_is_pmd, snapshot_private_local_and_remote,
+			      snapshot_prot_none_and_hole_are_error,
+			      snapshot_device_page_after_mprotect_read, snapshot_bad_args_einval);
+	TCase *snap_c = T_TCASE("sim_snapshot_coherent", setup_coherent, teardown,
+				snapshot_coherent_local_and_remote);
+	TCase *excl = T_TCASE("sim_exclusive", setup, teardown,
+			      exclusive_until_cpu_touch_keeps_device_writes,
+			      exclusive_cpu_write_revokes, exclusive_on_device_pages,
+			      exclusive_errors);
+	TCase *chk = T_TCASE("sim_check_exclusive", setup, teardown,
+			     check_exclusive_never_taken_and_bad_args,
+			     check_exclusive_false_after_munmap);
+	TCase *rel = T_TCASE("sim_release", setup, teardown, release_evicts_everything,
+			     release_empty_and_null);
+	TCase *cnt = T_TCASE("sim_counters", setup, teardown, counters_reset_on_read);
+	TCase *two = T_TCASE("two_sims", setup, teardown, two_sims_read_through_other_migrates_back,
+			     two_sims_write_through_other, two_sims_interleaved_destroy);
+	TCase *thr = T_TCASE("threads", setup, teardown, threads_fault_same_pages_once);
+	TCase *sys = T_TCASE("syscalls", setup, teardown, syscall_write_from_device_pages,
+			     syscall_read_into_device_pages, syscall_process_vm_readv_device_pages);
+	TCase *frk = T_TCASE("fork", setup, teardown, fork_with_device_pages);
+	TCase *unm = T_TCASE("unmap", setup, teardown, unmap_wrapper_frees_device_pages,
+			     unmap_plain_frees_device_pages, unmap_and_mprotect_during_migration);
 
 	return t_run_suite("sim", create, destroy, destroy_c, rd, wr, todev, todev_c,
 			   tosys, tosys_c, snap, snap_c, excl, chk, rel, cnt, two, thr,
