@@ -464,6 +464,34 @@ static void fill_holes(struct uhmm_mm *mm, uint64_t to, uint64_t len)
 }
 
 /*
+ * Short runs into the process are copied from device memory that is present:
+ * a move must flush the device mapping's TLB entries on every CPU the
+ * process runs on (11-14 us here with a second thread), a copy only installs.
+ * Pages whose device memory is not present are left to the move path (a
+ * copy from them would fault, possibly on the handler thread itself).
+ */
+#define MOVE_MIN_RUN 8
+
+static bool copy_present(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t to,
+			 uint64_t from, uint64_t i, uint64_t j)
+{
+	unsigned char vec[MOVE_MIN_RUN];
+
+	if (mincore((void *)(uintptr_t)from, (j - i) * PG, vec))
+		return false;
+	for (uint64_t k = 0; k < j - i; k++)
+		if (!(vec[k] & 1))
+			return false;
+	for (uint64_t k = i; k < j; k++)
+		if (uhmm_uffd_copy(mm, to + (k - i) * PG,
+				   (void *)(uintptr_t)(from + (k - i) * PG), PG, false) == 0)
+			c->placed[k] = true;
+		else
+			c->m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+	return true;
+}
+
+/*
  * UHMM_MIGRATE_PFN_MOVE: move runs of pages whose source and destination are
  * both contiguous with one UFFDIO_MOVE each; copy what cannot move. Runs
  * before finalize takes mm->lock (a copy may fault). Pages that cannot be
@@ -504,17 +532,36 @@ static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 				t2 == to + (j - i) * PG && f2 == from + (j - i) * PG;
 		     j++)
 			;
-		uhmm_uffd_move(mm, to, from, (j - i) * PG, &moved);
-		for (uint64_t k = i; k < i + moved / PG; k++)
-			c->placed[k] = true;
-		if (to_process && moved)
-			fill_holes(mm, to, moved);
-		/* the rest of the run is copied (not registered, shared...) */
-		for (uint64_t k = i + moved / PG; k < j; k++) {
+		if (to_process && j - i < MOVE_MIN_RUN && copy_present(mm, c, to, from, i, j)) {
+			i = j;
+			continue;
+		}
+		for (uint64_t k = i; k < j;) {
+			uint64_t off = (k - i) * PG;
+			int rc = uhmm_uffd_move(mm, to + off, from + off, (j - k) * PG, &moved);
+
+			for (uint64_t q = k; q < k + moved / PG; q++)
+				c->placed[q] = true;
+			if (to_process && moved)
+				fill_holes(mm, to + off, moved);
+			k += moved / PG;
+			if (k >= j)
+				break;
+			/* page k could not move (occupied slot, shared...): copy it,
+			 * then keep moving; a refused mapping copies the rest */
 			c->placed[k] = place_one(mm, c, to + (k - i) * PG,
 						 from + (k - i) * PG, to_process);
 			if (!c->placed[k])
 				m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+			k++;
+			if (rc == -EINVAL || rc == -EPERM)
+				for (; k < j; k++) {
+					c->placed[k] = place_one(mm, c, to + (k - i) * PG,
+								 from + (k - i) * PG,
+								 to_process);
+					if (!c->placed[k])
+						m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+				}
 		}
 		i = j;
 	}
