@@ -46,13 +46,17 @@ static double run_alloc(enum which w, size_t sz)
 	return (double)ops / ((double)(bench_now_ns() - t0) / 1e9);
 }
 
-static double median_alloc(enum which w, size_t sz, int reps)
+/* Medians of @reps runs of each allocator, interleaved so that load changes
+ * on the machine hit all three alike. */
+static void median_alloc(size_t sz, int reps, double out[3])
 {
-	double v[32];
+	double v[3][32];
 
 	for (int i = 0; i < reps; i++)
-		v[i] = run_alloc(w, sz);
-	return bench_median(v, reps);
+		for (int w = GLIBC; w <= KMEM; w++)
+			v[w][i] = run_alloc((enum which)w, sz);
+	for (int w = GLIBC; w <= KMEM; w++)
+		out[w] = bench_median(v[w], reps);
 }
 
 /* Map (or uhmm_dax_map) 1 GiB and write one byte per page; seconds. */
@@ -104,11 +108,13 @@ int main(void)
 	printf("%-28s %12s %12s %12s %9s %9s\n", "kmem malloc+free (ops/s)", "glibc",
 	       "jemalloc", "uhmm_kmem", "vs glibc", "vs jemal.");
 	for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-		double g = median_alloc(GLIBC, sizes[i], reps);
-		double j = median_alloc(JE_DEFAULT, sizes[i], reps);
-		double k = median_alloc(KMEM, sizes[i], reps);
+		double m[3], g, j, k;
 		char name[32];
 
+		median_alloc(sizes[i], reps, m);
+		g = m[GLIBC];
+		j = m[JE_DEFAULT];
+		k = m[KMEM];
 		snprintf(name, sizeof(name), "  %zu B", sizes[i]);
 		printf("%-28s %12.3g %12.3g %12.3g %8.2fx %8.2fx\n", name, g, j, k, k / g, k / j);
 	}
@@ -135,8 +141,9 @@ int main(void)
 
 		printf("%-28s %12.3f %12s %12.3f %8.2fx\n", "  tmpfs file, 4 KiB pages", m, "", d, d / m);
 	}
-	printf("(medians of %d runs for malloc, %d for map; ratios >1 = uhmm faster for ops/s,"
-	       " slower for time)\n", reps, treps);
+	printf("(medians of %d interleaved runs for malloc, %d for map; ratios >1 = uhmm faster"
+	       " for ops/s, slower for time;\n jemalloc's default heap and glibc purge freed pages"
+	       " and fault them in again, device memory stays resident)\n", reps, treps);
 	uhmm_dax_region_close(big);
 	close(fd);
 	unlink(path);

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 /* dax.c - device-dax in user space: regions on a file, memfd, hugetlbfs or
- * /dev/dax backing, devices carved from them, mappings, pagemap registration.
- * API in include/uhmm/dax.h; the label lives in dax_meta.c, kmem in kmem.c. */
+ * /dev/dax backing, and the devices carved from them. API in
+ * include/uhmm/dax.h; the label lives in dax_meta.c, mappings and the
+ * pagemap in dax_map.c, kmem in kmem.c. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,15 +19,8 @@
 #define HUGETLBFS_MAGIC 0x958458f6
 #endif
 
-/* OFD lock bytes marking a device busy (mapped: read, kmem: write). */
-#define DAX_BUSY_BASE (1LL << 50)
-
-static const struct uhmm_pagemap_ops dax_pgmap_ops = { 0 };
-
 /* ---------------------------------------------------------------------- */
 /* Locking and label refresh                                              */
-
-static void dev_reconcile_locked(struct uhmm_dax_dev *dev);
 
 static int region_refresh_locked(struct uhmm_dax_region *r)
 {
@@ -47,7 +41,7 @@ static int region_refresh_locked(struct uhmm_dax_region *r)
 	uhmm_dax_layout_free(r->lay);
 	r->lay = lay;
 	for (struct uhmm_dax_dev *d = r->devs; d; d = d->next)
-		dev_reconcile_locked(d);
+		uhmm_dax_dev_reconcile_locked(d);
 	return 0;
 }
 
@@ -94,7 +88,7 @@ static int region_commit_locked(struct uhmm_dax_region *r,
 	uhmm_dax_layout_free(r->lay);
 	r->lay = nl;
 	for (struct uhmm_dax_dev *d = r->devs; d; d = d->next)
-		dev_reconcile_locked(d);
+		uhmm_dax_dev_reconcile_locked(d);
 	return 0;
 }
 
@@ -118,14 +112,11 @@ static struct uhmm_dax_dev *dev_handle_locked(struct uhmm_dax_region *r,
 	return d;
 }
 
-static struct dax_ldev *dev_ldev(struct uhmm_dax_dev *dev)
+/* Run @fn with @dev's region locked and the label fresh; -ENODEV when gone. */
+int uhmm_dax_dev_call(struct uhmm_dax_dev *dev, uhmm_dax_dev_locked_fn *fn,
+		      void *arg)
 {
-	return uhmm_dax_layout_dev(dev->region->lay, dev->id);
-}
-
-/* Lock the device's region; -ENODEV when the device is gone. */
-static int dev_lock(struct uhmm_dax_dev *dev, struct dax_ldev **ld)
-{
+	struct dax_ldev *ld;
 	int ret;
 
 	if (!dev)
@@ -133,283 +124,10 @@ static int dev_lock(struct uhmm_dax_dev *dev, struct dax_ldev **ld)
 	ret = region_lock(dev->region);
 	if (ret)
 		return ret;
-	*ld = dev_ldev(dev);
-	if (!*ld || dev->gone) {
-		region_unlock(dev->region);
-		return -ENODEV;
-	}
-	return 0;
-}
-
-/* ---------------------------------------------------------------------- */
-/* Busy marks shared between openers: OFD locks on one byte per device    */
-
-static int busy_set(struct uhmm_dax_dev *dev, int type)
-{
-	struct flock fl = {
-		.l_type = (short)type,
-		.l_whence = SEEK_SET,
-		.l_start = DAX_BUSY_BASE + dev->id,
-		.l_len = 1,
-	};
-
-	if (dev->busy_lock == type)
-		return 0;
-	if (fcntl(dev->region->fd, F_OFD_SETLK, &fl))
-		return errno == EAGAIN || errno == EACCES ? -EBUSY : -errno;
-	dev->busy_lock = type;
-	return 0;
-}
-
-/* True when another opener has the device mapped or online as kmem. */
-static bool busy_foreign(struct uhmm_dax_dev *dev)
-{
-	struct flock fl = {
-		.l_type = F_WRLCK,
-		.l_whence = SEEK_SET,
-		.l_start = DAX_BUSY_BASE + dev->id,
-		.l_len = 1,
-	};
-
-	if (fcntl(dev->region->fd, F_OFD_GETLK, &fl))
-		return false;
-	return fl.l_type != F_UNLCK;
-}
-
-static void busy_update(struct uhmm_dax_dev *dev)
-{
-	int want = atomic_load(&dev->kmem) ? F_WRLCK :
-		   dev->nr_maps ? F_RDLCK : F_UNLCK;
-
-	/* Downgrades and unlocks cannot conflict. */
-	if (want != F_WRLCK)
-		busy_set(dev, want);
-}
-
-static bool dev_busy(struct uhmm_dax_dev *dev)
-{
-	return dev->nr_maps || atomic_load(&dev->kmem) || busy_foreign(dev);
-}
-
-/* ---------------------------------------------------------------------- */
-/* Direct map (the device's memory at one contiguous span) and pagemap    */
-
-static void *map_reserve(size_t len, size_t align, size_t *span)
-{
-	size_t sp = len + align;
-	char *p, *a;
-
-	p = mmap(NULL, sp, PROT_NONE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p == MAP_FAILED)
-		return NULL;
-	a = (char *)UHMM_ALIGN_UP((uintptr_t)p, align);
-	if (a > p)
-		munmap(p, (size_t)(a - p));
-	if (a + len < p + sp)
-		munmap(a + len, (size_t)(p + sp - (a + len)));
-	*span = len;
-	return a;
-}
-
-/* Map the device-offset part [from, end of ranges) of @ranges at @base. */
-static int map_ranges(struct uhmm_dax_region *r, char *base,
-		      const struct uhmm_dax_range *rg, uint32_t nr,
-		      uint64_t from, int prot)
-{
-	uint64_t off = 0;
-
-	for (uint32_t i = 0; i < nr; i++) {
-		uint64_t len = rg[i].end - rg[i].start;
-		uint64_t skip = from > off ? UHMM_MIN(from - off, len) : 0;
-
-		if (skip < len) {
-			void *p = mmap(base + off + skip, len - skip, prot,
-				       MAP_SHARED | MAP_FIXED, r->fd,
-				       (off_t)(r->lay->data_off + rg[i].start + skip));
-
-			if (p == MAP_FAILED)
-				return -errno;
-		}
-		off += len;
-	}
-	return 0;
-}
-
-static void pg_release(struct uhmm_dax_dev *dev)
-{
-	uhmm_release_region(NULL, dev->pgrange.start);
-	dev->pg_state = DAX_PG_NONE;
-}
-
-/* Unregister the pagemap without waiting; -EBUSY while pages are referenced. */
-static int pg_unregister(struct uhmm_dax_dev *dev)
-{
-	int ret;
-
-	if (dev->pg_state == DAX_PG_NONE)
-		return 0;
-	ret = uhmm_memunmap_pages_timeout(&dev->pgmap, 0);
-	if (ret == -EBUSY) {
-		dev->pg_state = DAX_PG_KILLED;
-		return ret;
-	}
-	pg_release(dev);
-	return 0;
-}
-
-static int pg_register(struct uhmm_dax_dev *dev, uint64_t size, uint64_t align)
-{
-	uint64_t start;
-	int ret;
-
-	if (dev->pg_state != DAX_PG_NONE || !size)
-		return 0;
-	ret = uhmm_request_free_region(NULL, size, align, &start);
-	if (ret)
-		return ret;
-	dev->pgrange.start = start;
-	dev->pgrange.end = start + size;
-	memset(&dev->pgmap, 0, sizeof(dev->pgmap));
-	dev->pgmap.type = UHMM_PAGEMAP_GENERIC;
-	dev->pgmap.ops = &dax_pgmap_ops;
-	dev->pgmap.owner = dev;
-	dev->pgmap.nr_range = 1;
-	dev->pgmap.ranges = &dev->pgrange;
-	dev->pgmap.base = dev->dmap;
-	ret = uhmm_memremap_pages(&dev->pgmap);
-	if (ret) {
-		uhmm_release_region(NULL, start);
-		return ret;
-	}
-	dev->pg_state = DAX_PG_LIVE;
-	return 0;
-}
-
-static bool ranges_equal(const struct dax_ldev *ld,
-			 const struct uhmm_dax_range *rg, uint32_t nr)
-{
-	return ld->nr_range == nr &&
-	       (!nr || !memcmp(ld->ranges, rg, nr * sizeof(*rg)));
-}
-
-/* Make the direct map show @ld's ranges, remapping only what changed. */
-static int dmap_sync(struct uhmm_dax_dev *dev, const struct dax_ldev *ld)
-{
-	uint64_t common = 0, size = uhmm_dax_ldev_size(ld);
-	struct uhmm_dax_range *copy = NULL;
-	int ret;
-
-	for (uint32_t i = 0; i < ld->nr_range && i < dev->dmap_nr; i++) {
-		const struct uhmm_dax_range *a = &ld->ranges[i];
-		const struct uhmm_dax_range *b = &dev->dmap_ranges[i];
-
-		if (a->start != b->start)
-			break;
-		common += UHMM_MIN(a->end, b->end) - a->start;
-		if (a->end != b->end)
-			break;
-	}
-	if (size > dev->dmap_span)
-		return -EINVAL;
-	if (ld->nr_range) {
-		copy = malloc(ld->nr_range * sizeof(*copy));
-		if (!copy)
-			return -ENOMEM;
-		memcpy(copy, ld->ranges, ld->nr_range * sizeof(*copy));
-	}
-	ret = map_ranges(dev->region, dev->dmap, ld->ranges, ld->nr_range,
-			 common, PROT_READ | PROT_WRITE);
-	if (ret) {
-		free(copy);
-		return ret;
-	}
-	if (size < dev->dmap_len)
-		mmap(dev->dmap + size, dev->dmap_len - size, PROT_NONE,
-		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
-		     -1, 0);
-	free(dev->dmap_ranges);
-	dev->dmap_ranges = copy;
-	dev->dmap_nr = ld->nr_range;
-	dev->dmap_len = size;
-	return 0;
-}
-
-/* Give the device a direct map and a pagemap in this process. */
-static int dev_activate(struct uhmm_dax_dev *dev, const struct dax_ldev *ld)
-{
-	struct uhmm_dax_region *r = dev->region;
-	int ret;
-
-	if (!dev->dmap) {
-		dev->dmap = map_reserve(UHMM_ALIGN_UP(r->lay->size, ld->align),
-					ld->align, &dev->dmap_span);
-		if (!dev->dmap)
-			return -ENOMEM;
-	}
-	if (!ranges_equal(ld, dev->dmap_ranges, dev->dmap_nr) ||
-	    !dev->dmap_len) {
-		ret = pg_unregister(dev);
-		if (ret)
-			return ret;
-		ret = dmap_sync(dev, ld);
-		if (ret)
-			return ret;
-	}
-	return pg_register(dev, dev->dmap_len, ld->align);
-}
-
-static int dev_deactivate(struct uhmm_dax_dev *dev)
-{
-	int ret;
-
-	if (!dev->dmap)
-		return 0;
-	ret = pg_unregister(dev);
-	if (ret)
-		return ret;
-	munmap(dev->dmap, dev->dmap_span);
-	free(dev->dmap_ranges);
-	dev->dmap = NULL;
-	dev->dmap_ranges = NULL;
-	dev->dmap_nr = 0;
-	dev->dmap_len = 0;
-	dev->dmap_span = 0;
-	return 0;
-}
-
-/*
- * Bring this process's view of @dev in line with r->lay after any label
- * change, ours or another opener's. Best effort: a pagemap with referenced
- * pages stays killed and is retried on the next change.
- */
-static void dev_reconcile_locked(struct uhmm_dax_dev *dev)
-{
-	struct dax_ldev *ld = dev_ldev(dev);
-	bool kmem = atomic_load(&dev->kmem) != NULL;
-
-	if (!ld) {
-		dev->gone = true;
-		if (!kmem && !dev->nr_maps)
-			dev_deactivate(dev);
-		return;
-	}
-	if (!dev->dmap)
-		return;
-	if (!kmem && !dev->nr_maps && !(ld->flags & DAX_LDEV_ENABLED)) {
-		dev_deactivate(dev);
-		return;
-	}
-	if (ranges_equal(ld, dev->dmap_ranges, dev->dmap_nr) &&
-	    dev->pg_state == DAX_PG_LIVE)
-		return;
-	if (pg_unregister(dev))
-		return;
-	if (UHMM_WARN_ON(dmap_sync(dev, ld)))
-		return;
-	if (kmem)
-		uhmm_kmem_set_limit(dev, dev->dmap_len);
-	pg_register(dev, dev->dmap_len, ld->align);
+	ld = uhmm_dax_dev_ldev(dev);
+	ret = ld && !dev->gone ? fn(dev, ld, arg) : -ENODEV;
+	region_unlock(dev->region);
+	return ret;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -721,24 +439,15 @@ int uhmm_dax_region_close(struct uhmm_dax_region *r)
 			uhmm_kmem_offline(d);
 		if (d->pg_state != DAX_PG_NONE) {
 			uhmm_memunmap_pages(&d->pgmap);
-			pg_release(d);
+			uhmm_dax_pg_release(d);
 		}
-		dev_deactivate(d);
+		uhmm_dax_dev_deactivate(d);
 		free(d);
 	}
 	r->devs = NULL;
 	pthread_mutex_unlock(&r->lock);
 	region_free(r);
 	return 0;
-}
-
-static uint64_t layout_used(const struct dax_layout *lay)
-{
-	uint64_t used = 0;
-
-	for (uint32_t i = 0; i < lay->nr_dev; i++)
-		used += uhmm_dax_ldev_size(&lay->devs[i]);
-	return used;
 }
 
 int uhmm_dax_region_info(struct uhmm_dax_region *r,
@@ -754,7 +463,7 @@ int uhmm_dax_region_info(struct uhmm_dax_region *r,
 	memset(info, 0, sizeof(*info));
 	info->size = r->lay->size;
 	info->align = r->lay->align;
-	info->available = r->lay->size - layout_used(r->lay);
+	info->available = r->lay->size - uhmm_dax_layout_used(r->lay);
 	info->id = r->lay->region_id;
 	info->nr_devices = r->lay->nr_dev;
 	info->seed_id = r->lay->seed_id;
@@ -829,16 +538,11 @@ int uhmm_dax_dev_find(struct uhmm_dax_region *r, const char *name,
 /* ---------------------------------------------------------------------- */
 /* Devices                                                                */
 
-int uhmm_dax_dev_info(struct uhmm_dax_dev *dev, struct uhmm_dax_dev_info *info)
+static int dev_info_locked(struct uhmm_dax_dev *dev, struct dax_ldev *ld,
+			   void *arg)
 {
-	struct dax_ldev *ld;
-	int ret;
+	struct uhmm_dax_dev_info *info = arg;
 
-	if (!info)
-		return -EINVAL;
-	ret = dev_lock(dev, &ld);
-	if (ret)
-		return ret;
 	memset(info, 0, sizeof(*info));
 	snprintf(info->name, sizeof(info->name), "dax%u.%u",
 		 dev->region->lay->region_id, dev->id);
@@ -855,170 +559,39 @@ int uhmm_dax_dev_info(struct uhmm_dax_dev *dev, struct uhmm_dax_dev_info *info)
 		info->flags |= UHMM_DAX_DEV_MAPPED;
 	if (atomic_load(&dev->kmem))
 		info->flags |= UHMM_DAX_DEV_KMEM_ONLINE;
-	region_unlock(dev->region);
 	return 0;
+}
+
+int uhmm_dax_dev_info(struct uhmm_dax_dev *dev, struct uhmm_dax_dev_info *info)
+{
+	if (!info)
+		return -EINVAL;
+	return uhmm_dax_dev_call(dev, dev_info_locked, info);
+}
+
+struct ranges_arg {
+	struct uhmm_dax_range *out;
+	unsigned int n;
+};
+
+static int dev_ranges_locked(struct uhmm_dax_dev *dev, struct dax_ldev *ld,
+			     void *arg)
+{
+	struct ranges_arg *a = arg;
+
+	for (uint32_t i = 0; i < ld->nr_range && i < a->n; i++)
+		a->out[i] = ld->ranges[i];
+	return (int)ld->nr_range;
 }
 
 int uhmm_dax_dev_ranges(struct uhmm_dax_dev *dev, struct uhmm_dax_range *out,
 			unsigned int n)
 {
-	struct dax_ldev *ld;
-	int ret;
+	struct ranges_arg a = { out, n };
 
 	if (n && !out)
 		return -EINVAL;
-	ret = dev_lock(dev, &ld);
-	if (ret)
-		return ret;
-	for (uint32_t i = 0; i < ld->nr_range && i < n; i++)
-		out[i] = ld->ranges[i];
-	ret = (int)ld->nr_range;
-	region_unlock(dev->region);
-	return ret;
-}
-
-static int range_cmp(const void *a, const void *b)
-{
-	const struct uhmm_dax_range *x = a, *y = b;
-
-	return x->start < y->start ? -1 : x->start > y->start;
-}
-
-/* Every range of @lay sorted by start; *nr set. Caller frees. */
-static struct uhmm_dax_range *layout_sorted(const struct dax_layout *lay,
-					    uint32_t *nr)
-{
-	struct uhmm_dax_range *all;
-	uint32_t n = 0;
-
-	for (uint32_t i = 0; i < lay->nr_dev; i++)
-		n += lay->devs[i].nr_range;
-	all = malloc((n + 1) * sizeof(*all));
-	if (!all)
-		return NULL;
-	n = 0;
-	for (uint32_t i = 0; i < lay->nr_dev; i++)
-		for (uint32_t j = 0; j < lay->devs[i].nr_range; j++)
-			all[n++] = lay->devs[i].ranges[j];
-	qsort(all, n, sizeof(*all), range_cmp);
-	*nr = n;
-	return all;
-}
-
-/* Label-wide range count after a change must stay within the label. */
-static bool layout_fits(const struct dax_layout *lay)
-{
-	uint32_t n = 0;
-
-	for (uint32_t i = 0; i < lay->nr_dev; i++)
-		n += lay->devs[i].nr_range;
-	return n <= UHMM_DAX_MAX_RANGES;
-}
-
-/*
- * Grow @d by @need bytes: extend its last range in place when the space
- * after it is free, then first fit over the free gaps, aligned to d->align.
- */
-static int layout_grow(struct dax_layout *lay, struct dax_ldev *d,
-		       uint64_t need)
-{
-	struct uhmm_dax_range *all;
-	uint64_t avail = 0, prev = 0;
-	uint32_t n;
-	int ret = 0;
-
-	all = layout_sorted(lay, &n);
-	if (!all)
-		return -ENOMEM;
-	all[n].start = all[n].end = lay->size;	/* sentinel */
-	for (uint32_t i = 0; i <= n; i++) {
-		uint64_t s = UHMM_ALIGN_UP(prev, d->align);
-		uint64_t e = UHMM_ALIGN_DOWN(all[i].start, d->align);
-
-		if (e > s)
-			avail += e - s;
-		prev = all[i].end;
-	}
-	if (avail < need) {
-		free(all);
-		return -ENOSPC;
-	}
-	if (d->nr_range) {
-		uint64_t last = d->ranges[d->nr_range - 1].end, lim = lay->size;
-
-		for (uint32_t i = 0; i < n; i++)
-			if (all[i].start >= last) {
-				lim = all[i].start;
-				break;
-			}
-		lim = UHMM_ALIGN_DOWN(lim, d->align);
-		if (lim > last) {
-			uint64_t take = UHMM_MIN(need, lim - last);
-
-			d->ranges[d->nr_range - 1].end += take;
-			need -= take;
-		}
-	}
-	free(all);
-	if (!need)
-		return 0;
-	all = layout_sorted(lay, &n);
-	if (!all)
-		return -ENOMEM;
-	all[n].start = all[n].end = lay->size;
-	prev = 0;
-	for (uint32_t i = 0; i <= n && need; i++) {
-		uint64_t s = UHMM_ALIGN_UP(prev, d->align);
-		uint64_t e = UHMM_ALIGN_DOWN(all[i].start, d->align);
-
-		prev = all[i].end;
-		if (e <= s)
-			continue;
-		e = UHMM_MIN(e, s + need);
-		ret = uhmm_dax_ldev_push(d, s, e);
-		if (ret)
-			break;
-		need -= e - s;
-	}
-	free(all);
-	if (!ret && (need || !layout_fits(lay)))
-		ret = -ENOSPC;
-	return ret;
-}
-
-static void layout_shrink(struct dax_ldev *d, uint64_t drop)
-{
-	while (drop && d->nr_range) {
-		struct uhmm_dax_range *r = &d->ranges[d->nr_range - 1];
-		uint64_t len = r->end - r->start;
-
-		if (len <= drop) {
-			drop -= len;
-			d->nr_range--;
-		} else {
-			r->end -= drop;
-			drop = 0;
-		}
-	}
-	if (!d->nr_range) {
-		free(d->ranges);
-		d->ranges = NULL;
-	}
-}
-
-/* The seed got memory: it becomes a device and a new seed appears. */
-static int layout_new_seed(struct dax_layout *lay, uint64_t align)
-{
-	struct dax_ldev *s;
-
-	if (lay->nr_dev >= UHMM_DAX_MAX_DEVICES)
-		return -ENOSPC;
-	s = &lay->devs[lay->nr_dev++];
-	memset(s, 0, sizeof(*s));
-	s->id = lay->next_id++;
-	s->align = align;
-	lay->seed_id = s->id;
-	return 0;
+	return uhmm_dax_dev_call(dev, dev_ranges_locked, &a);
 }
 
 /*
@@ -1033,7 +606,7 @@ static int dev_commit(struct uhmm_dax_dev *dev, struct dax_layout *nl,
 	int ret;
 
 	if (memory_changes && dev->dmap) {
-		ret = pg_unregister(dev);
+		ret = uhmm_dax_pg_unregister(dev);
 		if (ret) {
 			uhmm_dax_layout_free(nl);
 			return ret;
@@ -1041,253 +614,240 @@ static int dev_commit(struct uhmm_dax_dev *dev, struct dax_layout *nl,
 	}
 	ret = region_commit_locked(r, nl);
 	if (ret && dev->dmap)
-		dev_reconcile_locked(dev);
+		uhmm_dax_dev_reconcile_locked(dev);
+	return ret;
+}
+
+/* Commit @nl, in which @dev got memory (@ret: the edit's result so far);
+ * a seed that got memory becomes a device and a new seed appears. */
+static int dev_commit_sized(struct uhmm_dax_dev *dev, struct dax_layout *nl,
+			    int ret)
+{
+	if (!ret && dev->id == nl->seed_id &&
+	    uhmm_dax_layout_dev(nl, dev->id)->nr_range)
+		ret = uhmm_dax_layout_new_seed(nl, nl->align);
+	if (ret) {
+		uhmm_dax_layout_free(nl);
+		return ret;
+	}
+	return dev_commit(dev, nl, true);
+}
+
+/* Commit a copy of the label with @dev's flags and mode replaced. */
+static int dev_relabel(struct uhmm_dax_dev *dev, uint32_t flags,
+		       uint32_t mode)
+{
+	struct dax_layout *nl = uhmm_dax_layout_dup(dev->region->lay);
+	struct dax_ldev *nd;
+
+	if (!nl)
+		return -ENOMEM;
+	nd = uhmm_dax_layout_dev(nl, dev->id);
+	nd->flags = flags;
+	nd->mode = mode;
+	return dev_commit(dev, nl, false);
+}
+
+static int dev_resize_locked(struct uhmm_dax_dev *dev, struct dax_ldev *ld,
+			     void *arg)
+{
+	uint64_t size = *(const uint64_t *)arg, cur = uhmm_dax_ldev_size(ld);
+	bool kmem = atomic_load(&dev->kmem) != NULL;
+	struct dax_layout *nl;
+	struct dax_ldev *nd;
+	int ret = 0;
+
+	if (!UHMM_IS_ALIGNED(size, ld->align))
+		return -EINVAL;
+	if (size == cur)
+		return 0;
+	if (size < cur) {
+		/* Only a kmem heap can tell which memory is still unused. */
+		if (dev->nr_maps || (!kmem && uhmm_dax_busy_foreign(dev)))
+			return -EBUSY;
+		if (kmem) {
+			ret = uhmm_kmem_set_limit(dev, size);
+			if (ret)
+				return ret;
+		}
+	}
+	nl = uhmm_dax_layout_dup(dev->region->lay);
+	if (nl) {
+		nd = uhmm_dax_layout_dev(nl, dev->id);
+		if (size > cur)
+			ret = uhmm_dax_layout_grow(nl, nd, size - cur);
+		else
+			uhmm_dax_ldev_shrink(nd, cur - size);
+		ret = dev_commit_sized(dev, nl, ret);
+	} else {
+		ret = -ENOMEM;
+	}
+	if (ret && kmem && size < cur)
+		uhmm_kmem_set_limit(dev, cur);
 	return ret;
 }
 
 int uhmm_dax_dev_resize(struct uhmm_dax_dev *dev, uint64_t size)
 {
-	struct uhmm_dax_region *r;
-	struct dax_layout *nl;
-	struct dax_ldev *ld, *nd;
-	uint64_t cur;
-	bool kmem;
-	int ret;
-
-	ret = dev_lock(dev, &ld);
-	if (ret)
-		return ret;
-	r = dev->region;
-	cur = uhmm_dax_ldev_size(ld);
-	kmem = atomic_load(&dev->kmem) != NULL;
-	if (!UHMM_IS_ALIGNED(size, ld->align)) {
-		ret = -EINVAL;
-		goto out;
-	}
-	if (size == cur)
-		goto out;
-	if (size < cur) {
-		/* Only a kmem heap can tell which memory is still unused. */
-		if (dev->nr_maps || (!kmem && busy_foreign(dev))) {
-			ret = -EBUSY;
-			goto out;
-		}
-		if (kmem) {
-			ret = uhmm_kmem_set_limit(dev, size);
-			if (ret)
-				goto out;
-		}
-	}
-	nl = uhmm_dax_layout_dup(r->lay);
-	if (!nl) {
-		ret = -ENOMEM;
-		goto out_limit;
-	}
-	nd = uhmm_dax_layout_dev(nl, dev->id);
-	if (size > cur)
-		ret = layout_grow(nl, nd, size - cur);
-	else
-		layout_shrink(nd, cur - size);
-	if (!ret && dev->id == nl->seed_id && size)
-		ret = layout_new_seed(nl, nl->align);
-	if (ret) {
-		uhmm_dax_layout_free(nl);
-		goto out_limit;
-	}
-	ret = dev_commit(dev, nl, true);
-out_limit:
-	if (ret && kmem && size < cur)
-		uhmm_kmem_set_limit(dev, cur);
-out:
-	region_unlock(r);
-	return ret;
+	return uhmm_dax_dev_call(dev, dev_resize_locked, &size);
 }
 
-int uhmm_dax_dev_add_range(struct uhmm_dax_dev *dev, uint64_t offset,
-			   uint64_t len)
+static int dev_add_range_locked(struct uhmm_dax_dev *dev, struct dax_ldev *ld,
+				void *arg)
 {
-	struct uhmm_dax_region *r;
+	const struct uhmm_dax_range *want = arg;
+	uint64_t offset = want->start, len = want->end - want->start;
+	struct dax_layout *nl, *lay = dev->region->lay;
 	struct uhmm_dax_range *all;
-	struct dax_layout *nl;
-	struct dax_ldev *ld, *nd;
 	uint32_t n;
-	int ret;
+	int ret = 0;
 
-	ret = dev_lock(dev, &ld);
-	if (ret)
-		return ret;
-	r = dev->region;
-	ret = -EINVAL;
 	if (!len || !UHMM_IS_ALIGNED(offset, ld->align) ||
-	    !UHMM_IS_ALIGNED(len, ld->align) || offset >= r->lay->size ||
-	    len > r->lay->size - offset)
-		goto out;
-	all = layout_sorted(r->lay, &n);
-	ret = -ENOMEM;
+	    !UHMM_IS_ALIGNED(len, ld->align) || offset >= lay->size ||
+	    len > lay->size - offset)
+		return -EINVAL;
+	all = uhmm_dax_layout_sorted(lay, &n);
 	if (!all)
-		goto out;
-	ret = 0;
+		return -ENOMEM;
 	for (uint32_t i = 0; i < n; i++)
 		if (all[i].start < offset + len && offset < all[i].end)
 			ret = -EBUSY;
 	free(all);
 	if (ret)
-		goto out;
-	nl = uhmm_dax_layout_dup(r->lay);
-	ret = -ENOMEM;
+		return ret;
+	nl = uhmm_dax_layout_dup(lay);
 	if (!nl)
-		goto out;
-	nd = uhmm_dax_layout_dev(nl, dev->id);
-	ret = uhmm_dax_ldev_push(nd, offset, offset + len);
-	if (!ret && !layout_fits(nl))
+		return -ENOMEM;
+	ret = uhmm_dax_ldev_push(uhmm_dax_layout_dev(nl, dev->id), offset,
+				 offset + len);
+	if (!ret && !uhmm_dax_layout_fits(nl))
 		ret = -ENOSPC;
-	if (!ret && dev->id == nl->seed_id)
-		ret = layout_new_seed(nl, nl->align);
+	return dev_commit_sized(dev, nl, ret);
+}
+
+int uhmm_dax_dev_add_range(struct uhmm_dax_dev *dev, uint64_t offset,
+			   uint64_t len)
+{
+	/* end may wrap: the locked part checks offset and len, not end. */
+	struct uhmm_dax_range want = { offset, offset + len };
+
+	return uhmm_dax_dev_call(dev, dev_add_range_locked, &want);
+}
+
+static int dev_set_align_locked(struct uhmm_dax_dev *dev, struct dax_ldev *ld,
+				void *arg)
+{
+	uint64_t align = *(const uint64_t *)arg;
+	struct dax_layout *nl;
+	int ret;
+
+	if (!uhmm_dax_align_valid(align) || align < dev->region->lay->align)
+		return -EINVAL;
+	for (uint32_t i = 0; i < ld->nr_range; i++)
+		if (!UHMM_IS_ALIGNED(ld->ranges[i].start, align) ||
+		    !UHMM_IS_ALIGNED(ld->ranges[i].end, align))
+			return -EINVAL;
+	if (align == ld->align)
+		return 0;
+	if (uhmm_dax_dev_busy(dev))
+		return -EBUSY;
+	nl = uhmm_dax_layout_dup(dev->region->lay);
+	if (!nl)
+		return -ENOMEM;
+	uhmm_dax_layout_dev(nl, dev->id)->align = align;
+	/* The direct map was aligned to the old value: rebuild it. */
+	ret = uhmm_dax_dev_deactivate(dev);
 	if (ret) {
 		uhmm_dax_layout_free(nl);
-		goto out;
+		return ret;
 	}
-	ret = dev_commit(dev, nl, true);
-out:
-	region_unlock(r);
+	ret = dev_commit(dev, nl, false);
+	ld = uhmm_dax_dev_ldev(dev);
+	if (!ret && (ld->flags & DAX_LDEV_ENABLED))
+		uhmm_dax_dev_activate(dev, ld);
 	return ret;
 }
 
 int uhmm_dax_dev_set_align(struct uhmm_dax_dev *dev, uint64_t align)
 {
-	struct dax_layout *nl;
-	struct dax_ldev *ld;
-	int ret;
-
-	ret = dev_lock(dev, &ld);
-	if (ret)
-		return ret;
-	ret = -EINVAL;
-	if (!uhmm_dax_align_valid(align) || align < dev->region->lay->align)
-		goto out;
-	for (uint32_t i = 0; i < ld->nr_range; i++)
-		if (!UHMM_IS_ALIGNED(ld->ranges[i].start, align) ||
-		    !UHMM_IS_ALIGNED(ld->ranges[i].end, align))
-			goto out;
-	ret = 0;
-	if (align == ld->align)
-		goto out;
-	ret = -EBUSY;
-	if (dev_busy(dev))
-		goto out;
-	nl = uhmm_dax_layout_dup(dev->region->lay);
-	ret = -ENOMEM;
-	if (!nl)
-		goto out;
-	uhmm_dax_layout_dev(nl, dev->id)->align = align;
-	/* The direct map was aligned to the old value: rebuild it. */
-	ret = dev_deactivate(dev);
-	if (ret) {
-		uhmm_dax_layout_free(nl);
-		goto out;
-	}
-	ret = dev_commit(dev, nl, false);
-	if (!ret && (dev_ldev(dev)->flags & DAX_LDEV_ENABLED))
-		dev_activate(dev, dev_ldev(dev));
-out:
-	region_unlock(dev->region);
-	return ret;
+	return uhmm_dax_dev_call(dev, dev_set_align_locked, &align);
 }
 
-int uhmm_dax_dev_destroy(struct uhmm_dax_dev *dev)
+static int dev_destroy_locked(struct uhmm_dax_dev *dev, struct dax_ldev *ld,
+			      void *arg)
 {
 	struct dax_layout *nl;
-	struct dax_ldev *ld;
 	uint32_t i;
-	int ret;
 
-	ret = dev_lock(dev, &ld);
-	if (ret)
-		return ret;
-	ret = -EINVAL;
 	if (dev->id == dev->region->lay->seed_id)
-		goto out;
-	ret = -EBUSY;
-	if (dev_busy(dev))
-		goto out;
+		return -EINVAL;
+	if (uhmm_dax_dev_busy(dev))
+		return -EBUSY;
 	nl = uhmm_dax_layout_dup(dev->region->lay);
-	ret = -ENOMEM;
 	if (!nl)
-		goto out;
+		return -ENOMEM;
 	for (i = 0; nl->devs[i].id != dev->id; i++)
 		;
 	free(nl->devs[i].ranges);
 	memmove(&nl->devs[i], &nl->devs[i + 1],
 		(nl->nr_dev - i - 1) * sizeof(nl->devs[0]));
 	nl->nr_dev--;
-	ret = dev_commit(dev, nl, true);
-out:
-	region_unlock(dev->region);
-	return ret;
+	return dev_commit(dev, nl, true);
 }
 
-static int dev_set_flags(struct uhmm_dax_dev *dev, uint32_t flags)
+int uhmm_dax_dev_destroy(struct uhmm_dax_dev *dev)
 {
-	struct dax_layout *nl = uhmm_dax_layout_dup(dev->region->lay);
+	return uhmm_dax_dev_call(dev, dev_destroy_locked, NULL);
+}
 
-	if (!nl)
-		return -ENOMEM;
-	uhmm_dax_layout_dev(nl, dev->id)->flags = flags;
-	return dev_commit(dev, nl, false);
+static int dev_enable_locked(struct uhmm_dax_dev *dev, struct dax_ldev *ld,
+			     void *arg)
+{
+	int ret;
+
+	if (!ld->nr_range)
+		return -ENXIO;
+	ret = uhmm_dax_dev_activate(dev, ld);
+	if (ret)
+		return ret;
+	if (!(ld->flags & DAX_LDEV_ENABLED))
+		ret = dev_relabel(dev, ld->flags | DAX_LDEV_ENABLED, ld->mode);
+	if (ret && !atomic_load(&dev->kmem))
+		uhmm_dax_dev_deactivate(dev);
+	return ret;
 }
 
 int uhmm_dax_dev_enable(struct uhmm_dax_dev *dev)
 {
-	struct dax_ldev *ld;
+	return uhmm_dax_dev_call(dev, dev_enable_locked, NULL);
+}
+
+static int dev_disable_locked(struct uhmm_dax_dev *dev, struct dax_ldev *ld,
+			      void *arg)
+{
 	int ret;
 
-	ret = dev_lock(dev, &ld);
-	if (ret)
-		return ret;
-	ret = -ENXIO;
-	if (!ld->nr_range)
-		goto out;
-	ret = dev_activate(dev, ld);
-	if (ret)
-		goto out;
-	if (!(ld->flags & DAX_LDEV_ENABLED))
-		ret = dev_set_flags(dev, ld->flags | DAX_LDEV_ENABLED);
-	if (ret && !atomic_load(&dev->kmem))
-		dev_deactivate(dev);
-out:
-	region_unlock(dev->region);
+	if (uhmm_dax_dev_busy(dev))
+		return -EBUSY;
+	ret = uhmm_dax_dev_deactivate(dev);
+	if (!ret && (ld->flags & DAX_LDEV_ENABLED))
+		ret = dev_relabel(dev, ld->flags & ~DAX_LDEV_ENABLED, ld->mode);
 	return ret;
 }
 
 int uhmm_dax_dev_disable(struct uhmm_dax_dev *dev)
 {
-	struct dax_ldev *ld;
-	int ret;
-
-	ret = dev_lock(dev, &ld);
-	if (ret)
-		return ret;
-	ret = -EBUSY;
-	if (dev_busy(dev))
-		goto out;
-	ret = dev_deactivate(dev);
-	if (ret)
-		goto out;
-	if (ld->flags & DAX_LDEV_ENABLED)
-		ret = dev_set_flags(dev, ld->flags & ~DAX_LDEV_ENABLED);
-out:
-	region_unlock(dev->region);
-	return ret;
+	return uhmm_dax_dev_call(dev, dev_disable_locked, NULL);
 }
 
-static int dev_set_mode(struct uhmm_dax_dev *dev, enum uhmm_dax_mode mode)
+/* Drop the direct map when nothing in this process uses a disabled device. */
+static void dev_deactivate_unused(struct uhmm_dax_dev *dev)
 {
-	struct dax_layout *nl = uhmm_dax_layout_dup(dev->region->lay);
+	struct dax_ldev *ld = uhmm_dax_dev_ldev(dev);
 
-	if (!nl)
-		return -ENOMEM;
-	uhmm_dax_layout_dev(nl, dev->id)->mode = mode;
-	return dev_commit(dev, nl, false);
+	if (!atomic_load(&dev->kmem) && !dev->nr_maps && ld &&
+	    !(ld->flags & DAX_LDEV_ENABLED))
+		uhmm_dax_dev_deactivate(dev);
 }
 
 /* Bring the heap online here; region locked, label says kmem. */
@@ -1297,175 +857,70 @@ static int kmem_attach_locked(struct uhmm_dax_dev *dev, struct dax_ldev *ld)
 
 	if (atomic_load(&dev->kmem))
 		return 0;
-	ret = busy_set(dev, F_WRLCK);
+	ret = uhmm_dax_busy_set(dev, F_WRLCK);
 	if (ret)
 		return ret;
-	ret = dev_activate(dev, ld);
+	ret = uhmm_dax_dev_activate(dev, ld);
 	if (!ret)
 		ret = uhmm_kmem_online(dev);
 	if (ret) {
-		busy_update(dev);
-		if (!(ld->flags & DAX_LDEV_ENABLED))
-			dev_deactivate(dev);
+		uhmm_dax_busy_update(dev);
+		dev_deactivate_unused(dev);
 	}
 	return ret;
 }
 
+static int kmem_attach_call(struct uhmm_dax_dev *dev, struct dax_ldev *ld,
+			    void *arg)
+{
+	if (ld->mode != UHMM_DAX_MODE_KMEM || !ld->nr_range)
+		return -ENXIO;
+	return kmem_attach_locked(dev, ld);
+}
+
 int uhmm_dax_kmem_attach(struct uhmm_dax_dev *dev)
 {
-	struct dax_ldev *ld;
+	return uhmm_dax_dev_call(dev, kmem_attach_call, NULL);
+}
+
+static int dev_reconfigure_locked(struct uhmm_dax_dev *dev,
+				  struct dax_ldev *ld, void *arg)
+{
+	uint32_t mode = *(const uint32_t *)arg;
 	int ret;
 
-	ret = dev_lock(dev, &ld);
-	if (ret)
-		return ret;
-	ret = ld->mode == UHMM_DAX_MODE_KMEM && ld->nr_range ?
-		      kmem_attach_locked(dev, ld) : -ENXIO;
-	region_unlock(dev->region);
+	if (ld->mode == mode)
+		return 0;
+	if (mode == UHMM_DAX_MODE_KMEM) {
+		if (!ld->nr_range)
+			return -ENXIO;
+		if (dev->nr_maps)
+			return -EBUSY;
+		ret = kmem_attach_locked(dev, ld);
+		if (ret)
+			return ret;
+		ret = dev_relabel(dev, ld->flags, mode);
+		if (ret)
+			uhmm_kmem_offline(dev);
+	} else {
+		if (atomic_load(&dev->kmem))
+			ret = uhmm_kmem_offline(dev);
+		else
+			ret = uhmm_dax_busy_foreign(dev) ? -EBUSY : 0;
+		if (ret)
+			return ret;
+		ret = dev_relabel(dev, ld->flags, mode);
+	}
+	uhmm_dax_busy_update(dev);
+	dev_deactivate_unused(dev);
 	return ret;
 }
 
 int uhmm_dax_dev_reconfigure(struct uhmm_dax_dev *dev, enum uhmm_dax_mode mode)
 {
-	struct dax_ldev *ld;
-	int ret;
+	uint32_t m = (uint32_t)mode;
 
 	if (mode != UHMM_DAX_MODE_DEVDAX && mode != UHMM_DAX_MODE_KMEM)
 		return -EINVAL;
-	ret = dev_lock(dev, &ld);
-	if (ret)
-		return ret;
-	if (ld->mode == (uint32_t)mode)
-		goto out;
-	if (mode == UHMM_DAX_MODE_KMEM) {
-		ret = -ENXIO;
-		if (!ld->nr_range)
-			goto out;
-		ret = -EBUSY;
-		if (dev->nr_maps)
-			goto out;
-		ret = kmem_attach_locked(dev, ld);
-		if (ret)
-			goto out;
-		ret = dev_set_mode(dev, mode);
-		if (ret)
-			uhmm_kmem_offline(dev);
-	} else {
-		if (atomic_load(&dev->kmem)) {
-			ret = uhmm_kmem_offline(dev);
-			if (ret)
-				goto out;
-		} else if (busy_foreign(dev)) {
-			ret = -EBUSY;
-			goto out;
-		}
-		ret = dev_set_mode(dev, mode);
-	}
-	busy_update(dev);
-	ld = dev_ldev(dev);
-	if (!atomic_load(&dev->kmem) && !dev->nr_maps && ld &&
-	    !(ld->flags & DAX_LDEV_ENABLED))
-		dev_deactivate(dev);
-out:
-	region_unlock(dev->region);
-	return ret;
-}
-
-int uhmm_dax_map(struct uhmm_dax_dev *dev, int prot, void **addr)
-{
-	struct dax_map *m;
-	struct dax_ldev *ld;
-	size_t span;
-	int ret;
-
-	if (!addr || !prot || (prot & ~(PROT_READ | PROT_WRITE)))
-		return -EINVAL;
-	ret = dev_lock(dev, &ld);
-	if (ret)
-		return ret;
-	ret = -EBUSY;
-	if (ld->mode == UHMM_DAX_MODE_KMEM)
-		goto out;
-	ret = -ENXIO;
-	if (!ld->nr_range || !(ld->flags & DAX_LDEV_ENABLED))
-		goto out;
-	ret = -ENOMEM;
-	m = calloc(1, sizeof(*m));
-	if (!m)
-		goto out;
-	m->len = uhmm_dax_ldev_size(ld);
-	ret = busy_set(dev, F_RDLCK);
-	if (ret)
-		goto err_free;
-	ret = dev_activate(dev, ld);
-	if (ret)
-		goto err_busy;
-	ret = -ENOMEM;
-	m->addr = map_reserve(m->len, ld->align, &span);
-	if (!m->addr)
-		goto err_busy;
-	m->span = span;
-	ret = map_ranges(dev->region, m->addr, ld->ranges, ld->nr_range, 0,
-			 prot);
-	if (ret) {
-		munmap(m->addr, m->span);
-		goto err_busy;
-	}
-	m->next = dev->maps;
-	dev->maps = m;
-	dev->nr_maps++;
-	*addr = m->addr;
-	region_unlock(dev->region);
-	return 0;
-err_busy:
-	busy_update(dev);
-err_free:
-	free(m);
-out:
-	region_unlock(dev->region);
-	return ret;
-}
-
-int uhmm_dax_unmap(struct uhmm_dax_dev *dev, void *addr)
-{
-	struct dax_map **pp, *m;
-	struct dax_ldev *ld;
-
-	if (!dev || !addr)
-		return -EINVAL;
-	/* Unmapping must work even when the label went bad or the dev is gone. */
-	pthread_mutex_lock(&dev->region->lock);
-	for (pp = &dev->maps; (m = *pp); pp = &m->next)
-		if (m->addr == addr)
-			break;
-	if (!m) {
-		pthread_mutex_unlock(&dev->region->lock);
-		return -EINVAL;
-	}
-	*pp = m->next;
-	munmap(m->addr, m->span);
-	free(m);
-	dev->nr_maps--;
-	busy_update(dev);
-	ld = dev_ldev(dev);
-	if (!dev->nr_maps && !atomic_load(&dev->kmem) &&
-	    (!ld || !(ld->flags & DAX_LDEV_ENABLED)))
-		dev_deactivate(dev);
-	pthread_mutex_unlock(&dev->region->lock);
-	return 0;
-}
-
-int uhmm_dax_dev_pagemap(struct uhmm_dax_dev *dev, struct uhmm_pagemap **out)
-{
-	int ret = -ENXIO;
-
-	if (!dev || !out)
-		return -EINVAL;
-	pthread_mutex_lock(&dev->region->lock);
-	if (dev->pg_state == DAX_PG_LIVE) {
-		*out = &dev->pgmap;
-		ret = 0;
-	}
-	pthread_mutex_unlock(&dev->region->lock);
-	return ret;
+	return uhmm_dax_dev_call(dev, dev_reconfigure_locked, &m);
 }

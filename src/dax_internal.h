@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * dax_internal.h - structs shared by dax.c (regions, devices, mappings),
- * dax_meta.c (the on-backing label) and kmem.c (the device heap).
+ * dax_internal.h - structs shared by dax.c (regions, devices), dax_map.c
+ * (mappings, pagemap, busy marks), dax_meta.c (the on-backing label) and
+ * kmem.c (the device heap).
  */
 #ifndef UHMM_DAX_INTERNAL_H
 #define UHMM_DAX_INTERNAL_H
@@ -114,6 +115,15 @@ UHMM_HIDDEN uint64_t uhmm_dax_ldev_size(const struct dax_ldev *d);
 UHMM_HIDDEN int uhmm_dax_ldev_push(struct dax_ldev *d, uint64_t start,
 				   uint64_t end);
 UHMM_HIDDEN bool uhmm_dax_align_valid(uint64_t align);
+UHMM_HIDDEN uint64_t uhmm_dax_layout_used(const struct dax_layout *lay);
+UHMM_HIDDEN struct uhmm_dax_range *
+uhmm_dax_layout_sorted(const struct dax_layout *lay, uint32_t *nr);
+UHMM_HIDDEN bool uhmm_dax_layout_fits(const struct dax_layout *lay);
+UHMM_HIDDEN int uhmm_dax_layout_grow(struct dax_layout *lay,
+				     struct dax_ldev *d, uint64_t need);
+UHMM_HIDDEN void uhmm_dax_ldev_shrink(struct dax_ldev *d, uint64_t drop);
+UHMM_HIDDEN int uhmm_dax_layout_new_seed(struct dax_layout *lay,
+					 uint64_t align);
 
 /* kmem.c: the heap; called with region->lock held */
 UHMM_HIDDEN int uhmm_kmem_online(struct uhmm_dax_dev *dev);
@@ -121,7 +131,29 @@ UHMM_HIDDEN int uhmm_kmem_offline(struct uhmm_dax_dev *dev);
 UHMM_HIDDEN int uhmm_kmem_set_limit(struct uhmm_dax_dev *dev, uint64_t size);
 UHMM_HIDDEN long uhmm_kmem_live(struct uhmm_dax_dev *dev);
 
-/* dax.c: for kmem.c */
+/* dax.c */
+typedef int uhmm_dax_dev_locked_fn(struct uhmm_dax_dev *dev,
+				   struct dax_ldev *ld, void *arg);
+UHMM_HIDDEN int uhmm_dax_dev_call(struct uhmm_dax_dev *dev,
+				  uhmm_dax_dev_locked_fn *fn, void *arg);
 UHMM_HIDDEN int uhmm_dax_kmem_attach(struct uhmm_dax_dev *dev);
+
+/* The device's entry in the region's current label, or NULL; region locked. */
+static inline struct dax_ldev *uhmm_dax_dev_ldev(struct uhmm_dax_dev *dev)
+{
+	return uhmm_dax_layout_dev(dev->region->lay, dev->id);
+}
+
+/* dax_map.c: this process's view of a device; region->lock held */
+UHMM_HIDDEN int uhmm_dax_busy_set(struct uhmm_dax_dev *dev, int type);
+UHMM_HIDDEN bool uhmm_dax_busy_foreign(struct uhmm_dax_dev *dev);
+UHMM_HIDDEN void uhmm_dax_busy_update(struct uhmm_dax_dev *dev);
+UHMM_HIDDEN bool uhmm_dax_dev_busy(struct uhmm_dax_dev *dev);
+UHMM_HIDDEN void uhmm_dax_pg_release(struct uhmm_dax_dev *dev);
+UHMM_HIDDEN int uhmm_dax_pg_unregister(struct uhmm_dax_dev *dev);
+UHMM_HIDDEN int uhmm_dax_dev_activate(struct uhmm_dax_dev *dev,
+				      const struct dax_ldev *ld);
+UHMM_HIDDEN int uhmm_dax_dev_deactivate(struct uhmm_dax_dev *dev);
+UHMM_HIDDEN void uhmm_dax_dev_reconcile_locked(struct uhmm_dax_dev *dev);
 
 #endif

@@ -155,7 +155,7 @@ static int range_cmp(const void *a, const void *b)
 int uhmm_dax_layout_check(const struct dax_layout *lay)
 {
 	struct uhmm_dax_range *all;
-	uint32_t nr = 0, total = 0;
+	uint32_t nr, total = 0;
 	bool seed = false;
 	int ret = 0;
 
@@ -182,32 +182,23 @@ int uhmm_dax_layout_check(const struct dax_layout *lay)
 		total += d->nr_range;
 		if (total > UHMM_DAX_MAX_RANGES)
 			return -EUCLEAN;
-	}
-	if (!seed)
-		return -EUCLEAN;
-	all = malloc((total ? total : 1) * sizeof(*all));
-	if (!all)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < lay->nr_dev; i++) {
-		const struct dax_ldev *d = &lay->devs[i];
-
 		for (uint32_t j = 0; j < d->nr_range; j++) {
 			const struct uhmm_dax_range *r = &d->ranges[j];
 
 			if (r->start >= r->end || r->end > lay->size ||
 			    !UHMM_IS_ALIGNED(r->start, d->align) ||
-			    !UHMM_IS_ALIGNED(r->end, d->align)) {
-				ret = -EUCLEAN;
-				goto out;
-			}
-			all[nr++] = *r;
+			    !UHMM_IS_ALIGNED(r->end, d->align))
+				return -EUCLEAN;
 		}
 	}
-	qsort(all, nr, sizeof(*all), range_cmp);
+	if (!seed)
+		return -EUCLEAN;
+	all = uhmm_dax_layout_sorted(lay, &nr);
+	if (!all)
+		return -ENOMEM;
 	for (uint32_t i = 1; i < nr; i++)
 		if (all[i].start < all[i - 1].end)
 			ret = -EUCLEAN;
-out:
 	free(all);
 	return ret;
 }
@@ -397,5 +388,154 @@ int uhmm_dax_label_write(uint8_t *area, struct dax_layout *lay, bool sync)
 	if (sync && msync(blk, DAX_LABEL_BLOCK, MS_SYNC))
 		return -errno;
 	lay->seq = h.seq;
+	return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Layout edits: what resize and add_range do to a copy of the label      */
+
+uint64_t uhmm_dax_layout_used(const struct dax_layout *lay)
+{
+	uint64_t used = 0;
+
+	for (uint32_t i = 0; i < lay->nr_dev; i++)
+		used += uhmm_dax_ldev_size(&lay->devs[i]);
+	return used;
+}
+
+/* Every range of @lay sorted by start; *nr set. Caller frees. */
+struct uhmm_dax_range *uhmm_dax_layout_sorted(const struct dax_layout *lay,
+					    uint32_t *nr)
+{
+	struct uhmm_dax_range *all;
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < lay->nr_dev; i++)
+		n += lay->devs[i].nr_range;
+	all = malloc((n + 1) * sizeof(*all));
+	if (!all)
+		return NULL;
+	n = 0;
+	for (uint32_t i = 0; i < lay->nr_dev; i++)
+		for (uint32_t j = 0; j < lay->devs[i].nr_range; j++)
+			all[n++] = lay->devs[i].ranges[j];
+	qsort(all, n, sizeof(*all), range_cmp);
+	*nr = n;
+	return all;
+}
+
+/* Label-wide range count after a change must stay within the label. */
+bool uhmm_dax_layout_fits(const struct dax_layout *lay)
+{
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < lay->nr_dev; i++)
+		n += lay->devs[i].nr_range;
+	return n <= UHMM_DAX_MAX_RANGES;
+}
+
+/*
+ * Grow @d by @need bytes: extend its last range in place when the space
+ * after it is free, then first fit over the free gaps, aligned to d->align.
+ */
+int uhmm_dax_layout_grow(struct dax_layout *lay, struct dax_ldev *d,
+		       uint64_t need)
+{
+	struct uhmm_dax_range *all;
+	uint64_t avail = 0, prev = 0;
+	uint32_t n;
+	int ret = 0;
+
+	all = uhmm_dax_layout_sorted(lay, &n);
+	if (!all)
+		return -ENOMEM;
+	all[n].start = all[n].end = lay->size;	/* sentinel */
+	for (uint32_t i = 0; i <= n; i++) {
+		uint64_t s = UHMM_ALIGN_UP(prev, d->align);
+		uint64_t e = UHMM_ALIGN_DOWN(all[i].start, d->align);
+
+		if (e > s)
+			avail += e - s;
+		prev = all[i].end;
+	}
+	if (avail < need) {
+		free(all);
+		return -ENOSPC;
+	}
+	if (d->nr_range) {
+		uint64_t last = d->ranges[d->nr_range - 1].end, lim = lay->size;
+
+		for (uint32_t i = 0; i < n; i++)
+			if (all[i].start >= last) {
+				lim = all[i].start;
+				break;
+			}
+		lim = UHMM_ALIGN_DOWN(lim, d->align);
+		if (lim > last) {
+			uint64_t take = UHMM_MIN(need, lim - last);
+
+			d->ranges[d->nr_range - 1].end += take;
+			need -= take;
+		}
+	}
+	free(all);
+	if (!need)
+		return 0;
+	all = uhmm_dax_layout_sorted(lay, &n);
+	if (!all)
+		return -ENOMEM;
+	all[n].start = all[n].end = lay->size;
+	prev = 0;
+	for (uint32_t i = 0; i <= n && need; i++) {
+		uint64_t s = UHMM_ALIGN_UP(prev, d->align);
+		uint64_t e = UHMM_ALIGN_DOWN(all[i].start, d->align);
+
+		prev = all[i].end;
+		if (e <= s)
+			continue;
+		e = UHMM_MIN(e, s + need);
+		ret = uhmm_dax_ldev_push(d, s, e);
+		if (ret)
+			break;
+		need -= e - s;
+	}
+	free(all);
+	if (!ret && (need || !uhmm_dax_layout_fits(lay)))
+		ret = -ENOSPC;
+	return ret;
+}
+
+void uhmm_dax_ldev_shrink(struct dax_ldev *d, uint64_t drop)
+{
+	while (drop && d->nr_range) {
+		struct uhmm_dax_range *r = &d->ranges[d->nr_range - 1];
+		uint64_t len = r->end - r->start;
+
+		if (len <= drop) {
+			drop -= len;
+			d->nr_range--;
+		} else {
+			r->end -= drop;
+			drop = 0;
+		}
+	}
+	if (!d->nr_range) {
+		free(d->ranges);
+		d->ranges = NULL;
+	}
+}
+
+/* The seed got memory: it becomes a device and a new seed appears. */
+int uhmm_dax_layout_new_seed(struct dax_layout *lay, uint64_t align)
+{
+	struct dax_ldev *s;
+
+	if (lay->nr_dev >= UHMM_DAX_MAX_DEVICES)
+		return -ENOSPC;
+	s = &lay->devs[lay->nr_dev++];
+	memset(s, 0, sizeof(*s));
+	s->id = lay->next_id++;
+	s->align = align;
+	lay->seed_id = s->id;
 	return 0;
 }

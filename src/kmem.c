@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 /* kmem.c - a heap on a dax device's memory: one jemalloc arena per device
  * whose extent hooks carve the device's direct map, one explicit jemalloc
- * thread cache per device and thread. API in include/uhmm/dax.h. */
+ * thread cache per device and thread, and in front of it a small per-thread
+ * cache of freed small blocks. API in include/uhmm/dax.h. */
 #include <jemalloc/jemalloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,23 @@ struct kmem_ext {
 };
 
 struct kmem_slot;
+
+/*
+ * Front cache: mallocx() with MALLOCX_ARENA | MALLOCX_TCACHE skips jemalloc's
+ * malloc fast path, so freed blocks of up to KMEM_FC_MAX bytes wait in
+ * per-thread lists (one per jemalloc size class) for the next malloc. A list
+ * holds at most KMEM_FC_NR blocks and KMEM_FC_BYTES bytes (jemalloc's own
+ * tcache holds up to 200 per class); the overflow goes to jemalloc. Cached blocks are free, not live: arena destroy reclaims them.
+ */
+#define KMEM_FC_MAX 4096
+#define KMEM_FC_NR 200
+#define KMEM_FC_BYTES (64U << 10)
+#define KMEM_FC_BINS 32
+
+struct kmem_bin {
+	void *head;			/* next pointer in each block's first word */
+	uint32_t nr;
+};
 
 struct dax_kmem {
 	extent_hooks_t hooks;		/* jemalloc passes it back: container_of */
@@ -47,6 +65,7 @@ struct kmem_slot {
 	_Atomic long live;		/* mallocs - frees by this thread */
 	struct kmem_slot *knext;	/* k->slots, under kmem_glock */
 	struct kmem_slot *tnext;	/* this thread's slots */
+	struct kmem_bin bins[KMEM_FC_BINS];	/* owner thread only */
 };
 
 #define KMEM_HINTS 8
@@ -58,6 +77,12 @@ static pthread_key_t kmem_key;
 static pthread_once_t kmem_once = PTHREAD_ONCE_INIT;
 static __thread struct kmem_slot *t_hint[KMEM_HINTS];
 static __thread struct kmem_slot *t_slots;
+
+/* Size classes of the front cache, from nallocx(): constant once built. */
+static pthread_once_t kmem_fc_once = PTHREAD_ONCE_INIT;
+static uint8_t kmem_fc_idx[KMEM_FC_MAX / 16 + 1];	/* (size+15)/16 -> bin + 1 */
+static uint32_t kmem_fc_size[KMEM_FC_BINS];		/* bin -> class size */
+static uint32_t kmem_fc_cap[KMEM_FC_BINS];		/* bin -> max blocks */
 
 /* ---------------------------------------------------------------------- */
 /* Extent hooks: jemalloc asks for device memory here                     */
@@ -172,6 +197,72 @@ static bool hook_merge(extent_hooks_t *h, void *addr_a, size_t size_a,
 }
 
 /* ---------------------------------------------------------------------- */
+/* Front cache                                                            */
+
+static void kmem_fc_init(void)
+{
+	unsigned int nr = 0;
+
+	for (size_t i = 1; i <= KMEM_FC_MAX / 16; i++) {
+		size_t c = nallocx(i * 16, 0);
+
+		/* Classes that are not multiples of 16 stay uncached. */
+		if (!c || c > KMEM_FC_MAX || c % 16)
+			continue;
+		if (!nr || kmem_fc_size[nr - 1] != c) {
+			if (UHMM_WARN_ON(nr == KMEM_FC_BINS))
+				break;
+			kmem_fc_size[nr] = (uint32_t)c;
+			kmem_fc_cap[nr] = (uint32_t)(KMEM_FC_BYTES / c < KMEM_FC_NR ?
+						     KMEM_FC_BYTES / c : KMEM_FC_NR);
+			nr++;
+		}
+		kmem_fc_idx[i] = (uint8_t)nr;
+	}
+}
+
+/* Bin of a request of @size bytes, or -1. */
+static inline int fc_bin_of_request(size_t size)
+{
+	if (size > KMEM_FC_MAX)
+		return -1;
+	return kmem_fc_idx[(size + 15) >> 4] - 1;
+}
+
+/* Bin of a block whose class size is @usable, or -1. */
+static inline int fc_bin_of_block(size_t usable)
+{
+	int b;
+
+	if (usable > KMEM_FC_MAX || usable % 16)
+		return -1;
+	b = kmem_fc_idx[usable >> 4] - 1;
+	return b >= 0 && kmem_fc_size[b] == usable ? b : -1;
+}
+
+static inline void *fc_pop(struct kmem_bin *bin)
+{
+	void *p = bin->head;
+
+	if (p) {
+		bin->head = *(void **)p;
+		bin->nr--;
+	}
+	return p;
+}
+
+/* Hands every cached block back to jemalloc (owner thread or thread exit). */
+static void fc_flush(struct kmem_slot *s)
+{
+	for (unsigned int b = 0; b < KMEM_FC_BINS; b++) {
+		void *p;
+
+		while ((p = fc_pop(&s->bins[b])))
+			sdallocx(p, kmem_fc_size[b], s->tflags);
+	}
+}
+
+/* ---------------------------------------------------------------------- */
 /* Per-thread caches                                                      */
 
 static void slot_tcache_destroy(struct kmem_slot *s)
@@ -194,6 +285,7 @@ static void kmem_thread_exit(void *arg)
 
 			k->live_dead += atomic_load_explicit(&s->live,
 							     memory_order_relaxed);
+			fc_flush(s);
 			for (struct kmem_slot **pp = &k->slots; *pp;
 			     pp = &(*pp)->knext)
 				if (*pp == s) {
@@ -239,6 +331,8 @@ static struct kmem_slot *slot_slow(struct dax_kmem *k)
 		t_slots = s;
 		pthread_setspecific(kmem_key, s);
 	}
+	/* A reused slot's blocks went with its destroyed arena. */
+	memset(s->bins, 0, sizeof(s->bins));
 	/* Without a thread cache (tcache:false) go straight to the arena. */
 	s->tflags = MALLOCX_TCACHE_NONE;
 	if (!mallctl("tcache.create", &idx, &sz, NULL, 0)) {
@@ -299,6 +393,7 @@ int uhmm_kmem_online(struct uhmm_dax_dev *dev)
 		return 0;
 	if (!dev->dmap)
 		return -EINVAL;
+	pthread_once(&kmem_fc_once, kmem_fc_init);
 	k = calloc(1, sizeof(*k));
 	if (!k)
 		return -ENOMEM;
@@ -334,6 +429,17 @@ int uhmm_kmem_online(struct uhmm_dax_dev *dev)
 	return 0;
 }
 
+/* Allocations of @k not yet freed; kmem_glock held. */
+static long kmem_live_locked(const struct dax_kmem *k)
+{
+	long live = k->live_dead;
+
+	uhmm_lockdep_assert_held(&kmem_glock);
+	for (struct kmem_slot *s = k->slots; s; s = s->knext)
+		live += atomic_load_explicit(&s->live, memory_order_relaxed);
+	return live;
+}
+
 long uhmm_kmem_live(struct uhmm_dax_dev *dev)
 {
 	struct dax_kmem *k = atomic_load(&dev->kmem);
@@ -342,9 +448,7 @@ long uhmm_kmem_live(struct uhmm_dax_dev *dev)
 	if (!k)
 		return 0;
 	pthread_mutex_lock(&kmem_glock);
-	live = k->live_dead;
-	for (struct kmem_slot *s = k->slots; s; s = s->knext)
-		live += atomic_load_explicit(&s->live, memory_order_relaxed);
+	live = kmem_live_locked(k);
 	pthread_mutex_unlock(&kmem_glock);
 	return live;
 }
@@ -353,19 +457,20 @@ int uhmm_kmem_offline(struct uhmm_dax_dev *dev)
 {
 	struct dax_kmem *k = atomic_load(&dev->kmem);
 	struct kmem_ext *e, *next;
-	long live;
 
 	if (!k)
 		return 0;
 	pthread_mutex_lock(&kmem_glock);
-	live = k->live_dead;
-	for (struct kmem_slot *s = k->slots; s; s = s->knext)
-		live += atomic_load_explicit(&s->live, memory_order_relaxed);
-	if (live) {
+	if (kmem_live_locked(k)) {
 		pthread_mutex_unlock(&kmem_glock);
 		return -EBUSY;
 	}
-	/* Flush every cache before the arena goes (jemalloc's rule). */
+	/*
+	 * Flush every jemalloc cache before the arena goes (jemalloc's rule).
+	 * Front caches are left to their threads: what they hold is free memory
+	 * of this arena, which destroy reclaims, and a slot with kid 0 is reset
+	 * before reuse.
+	 */
 	for (struct kmem_slot *s = k->slots; s; s = s->knext) {
 		slot_tcache_destroy(s);
 		s->k = NULL;
@@ -434,11 +539,18 @@ void *uhmm_kmem_malloc(struct uhmm_dax_dev *dev, size_t size)
 {
 	struct dax_kmem *k = kmem_get(dev);
 	struct kmem_slot *s;
+	int b = fc_bin_of_request(size);
 	void *p;
 
 	if (!k || !(s = slot_get(k)))
 		return NULL;
-	p = mallocx(size ? size : 1, kmem_flags(k, s));
+	if (b >= 0) {
+		p = fc_pop(&s->bins[b]);
+		if (!p)
+			p = mallocx(kmem_fc_size[b], kmem_flags(k, s));
+	} else {
+		p = mallocx(size, kmem_flags(k, s));
+	}
 	if (p)
 		slot_count(s, 1);
 	return p;
@@ -449,6 +561,7 @@ void *uhmm_kmem_calloc(struct uhmm_dax_dev *dev, size_t n, size_t size)
 	struct dax_kmem *k;
 	struct kmem_slot *s;
 	size_t total;
+	int b;
 	void *p;
 
 	if (__builtin_mul_overflow(n, size, &total))
@@ -456,26 +569,53 @@ void *uhmm_kmem_calloc(struct uhmm_dax_dev *dev, size_t n, size_t size)
 	k = kmem_get(dev);
 	if (!k || !(s = slot_get(k)))
 		return NULL;
-	p = mallocx(total ? total : 1, kmem_flags(k, s) | MALLOCX_ZERO);
+	b = fc_bin_of_request(total);
+	p = b >= 0 ? fc_pop(&s->bins[b]) : NULL;
+	if (p)
+		memset(p, 0, kmem_fc_size[b]);
+	else
+		p = mallocx(b >= 0 ? kmem_fc_size[b] : total,
+			    kmem_flags(k, s) | MALLOCX_ZERO);
 	if (p)
 		slot_count(s, 1);
 	return p;
+}
+
+/* Checks that @ptr is @dev's; NULL (after a one-time warning) if not. */
+static inline struct dax_kmem *kmem_of_ptr(struct uhmm_dax_dev *dev,
+					   const void *ptr)
+{
+	struct dax_kmem *k = atomic_load_explicit(&dev->kmem,
+						  memory_order_acquire);
+
+	if (__builtin_expect(k && kmem_owns(k, ptr), 1))
+		return k;
+	UHMM_WARN_ON(1);
+	return NULL;
 }
 
 void uhmm_kmem_free(struct uhmm_dax_dev *dev, void *ptr)
 {
 	struct dax_kmem *k;
 	struct kmem_slot *s;
+	size_t usable;
+	int b;
 
 	if (!ptr || !dev)
 		return;
-	k = atomic_load_explicit(&dev->kmem, memory_order_acquire);
-	if (UHMM_WARN_ON(!k || !kmem_owns(k, ptr)))
+	k = kmem_of_ptr(dev, ptr);
+	if (!k || !(s = slot_get(k)))
 		return;
-	s = slot_get(k);
-	if (!s)
-		return;
-	dallocx(ptr, s->tflags);
+	usable = sallocx(ptr, 0);
+	b = fc_bin_of_block(usable);
+	if (b >= 0 && s->bins[b].nr < kmem_fc_cap[b]) {
+		*(void **)ptr = s->bins[b].head;
+		s->bins[b].head = ptr;
+		s->bins[b].nr++;
+	} else {
+		/* The size is known: skip jemalloc's second lookup. */
+		sdallocx(ptr, usable, s->tflags);
+	}
 	slot_count(s, -1);
 }
 
@@ -492,11 +632,8 @@ void *uhmm_kmem_realloc(struct uhmm_dax_dev *dev, void *ptr, size_t size)
 	}
 	if (!dev)
 		return NULL;
-	k = atomic_load_explicit(&dev->kmem, memory_order_acquire);
-	if (UHMM_WARN_ON(!k || !kmem_owns(k, ptr)))
-		return NULL;
-	s = slot_get(k);
-	if (!s)
+	k = kmem_of_ptr(dev, ptr);
+	if (!k || !(s = slot_get(k)))
 		return NULL;
 	return rallocx(ptr, size, kmem_flags(k, s));
 }

@@ -7,7 +7,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -184,34 +187,167 @@ START_TEST(region_create_memfd)
 }
 END_TEST
 
-/* hugetlbfs backing with 2 MiB align, skipped when no huge pages exist. */
+/*
+ * hugetlbfs set up for the test (we are root in tests and CI): huge pages
+ * reserved through nr_hugepages and a hugetlbfs mounted on a temporary
+ * directory. Unchecked fixtures do both in the test runner, so the teardown
+ * runs there even when the forked test fails or crashes.
+ */
+static struct {
+	char knob[96];		/* nr_hugepages file of the page size */
+	long saved;		/* its value before the test; -1: untouched */
+	char dir[64];		/* mount point; "" when none */
+	bool mounted;
+	char file[96];		/* region file in the mount; "" when none */
+	const char *why;	/* why the setup failed: the tests skip */
+} hp_env = { .saved = -1 };
+
+static long knob_read(const char *knob)
+{
+	FILE *f = fopen(knob, "r");
+	long v = -1;
+
+	if (f) {
+		if (fscanf(f, "%ld", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	return v;
+}
+
+static bool knob_write(const char *knob, long v)
+{
+	FILE *f = fopen(knob, "w");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fprintf(f, "%ld\n", v) > 0;
+	return fclose(f) == 0 && ok;
+}
+
+static void hp_env_cleanup(void)
+{
+	if (hp_env.file[0])
+		unlink(hp_env.file);	/* gives the pages back */
+	hp_env.file[0] = 0;
+	if (hp_env.mounted && !umount2(hp_env.dir, MNT_DETACH))
+		hp_env.mounted = false;
+	if (hp_env.dir[0] && !hp_env.mounted)
+		rmdir(hp_env.dir);
+	hp_env.dir[0] = 0;
+	if (hp_env.saved >= 0)
+		knob_write(hp_env.knob, hp_env.saved);
+	hp_env.saved = -1;
+}
+
+/*
+ * Reserve @n more huge pages of @kib KiB and mount hugetlbfs for that size;
+ * fills hp_env.file with a path inside the mount. Returns NULL, or why not
+ * (with everything undone).
+ */
+static const char *hp_env_setup(unsigned long kib, long n)
+{
+	static char why[256];
+	static bool registered;
+	char opts[32];
+
+
+	if (!registered && !atexit(hp_env_cleanup))
+		registered = true;
+	snprintf(hp_env.knob, sizeof(hp_env.knob),
+		 "/sys/kernel/mm/hugepages/hugepages-%lukB/nr_hugepages", kib);
+	if (access(hp_env.knob, F_OK) && kib == 2048)
+		snprintf(hp_env.knob, sizeof(hp_env.knob), "/proc/sys/vm/nr_hugepages");
+	hp_env.saved = knob_read(hp_env.knob);
+	if (hp_env.saved < 0) {
+		snprintf(why, sizeof(why), "no %lu KiB huge pages in this kernel (%s)",
+			 kib, hp_env.knob);
+		return why;
+	}
+	errno = 0;
+	if (!knob_write(hp_env.knob, hp_env.saved + n) ||
+	    knob_read(hp_env.knob) < hp_env.saved + n) {
+		snprintf(why, sizeof(why), "could not reserve %ld %lu KiB huge pages via %s: %s",
+			 n, kib, hp_env.knob,
+			 errno ? strerror(errno) : "not enough contiguous free memory");
+		hp_env_cleanup();
+		return why;
+	}
+	/* A private namespace drops the mount even if the runner dies. */
+	if (!unshare(CLONE_NEWNS))
+		mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+	strcpy(hp_env.dir, "/tmp/uhmm-hugetlbfs-XXXXXX");
+	if (!mkdtemp(hp_env.dir)) {
+		snprintf(why, sizeof(why), "mkdtemp: %s", strerror(errno));
+		hp_env.dir[0] = 0;
+		hp_env_cleanup();
+		return why;
+	}
+	snprintf(opts, sizeof(opts), "pagesize=%luK", kib);
+	if (mount("uhmm-hugetlbfs", hp_env.dir, "hugetlbfs", 0, opts)) {
+		snprintf(why, sizeof(why), "mount(hugetlbfs, %s): %s", opts, strerror(errno));
+		hp_env_cleanup();
+		return why;
+	}
+	hp_env.mounted = true;
+	snprintf(hp_env.file, sizeof(hp_env.file), "%s/region", hp_env.dir);
+	return NULL;
+}
+
+/* 2 MiB label area + 4 MiB of data, and one page to spare. */
+static void hp2m_setup(void)
+{
+	hp_env.why = hp_env_setup(2048, 4);
+}
+
+/* The label area rounds up to one 1 GiB page; the data is another. */
+static void hp1g_setup(void)
+{
+	hp_env.why = hp_env_setup(1024 * 1024, 2);
+}
+
+/* hugetlbfs backing with 2 MiB align: created, mapped, and a 4 KiB align
+ * refused; skipped only when huge pages or the mount cannot be set up. */
 START_TEST(region_create_hugetlbfs)
 {
-	const char *dirs[] = { "/dev/hugepages", "/mnt/huge", "/hugetlbfs" };
 	struct uhmm_dax_region *r;
-	char hp[128];
-	int ret = -ENOENT;
+	struct uhmm_dax_dev *d;
+	char *p;
 
-	for (unsigned i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-		struct stat st;
-
-		if (stat(dirs[i], &st))
-			continue;
-		snprintf(hp, sizeof(hp), "%s/uhmm-dax-%d", dirs[i], getpid());
-		ret = uhmm_dax_region_create(hp, 4 * MiB, UHMM_DAX_ALIGN_2M, &r);
-		if (ret == 0 || ret == -EEXIST)
-			break;
-		unlink(hp);
-	}
-	if (ret) {
-		t_skip("no hugetlbfs mount with free 2 MiB huge pages (%s)", strerror(-ret));
+	if (hp_env.why) {
+		t_skip("%s", hp_env.why);
 		return;
 	}
-	/* Not 2 MiB aligned: refused on hugetlbfs. */
+	ck_assert_int_eq(uhmm_dax_region_create(hp_env.file, 4 * MiB, UHMM_DAX_ALIGN_2M, &r), 0);
+	ck_assert_int_eq(uhmm_dax_region_seed(r, &d), 0);
+	ck_assert_int_eq(uhmm_dax_dev_resize(d, 2 * MiB), 0);
+	ck_assert_int_eq(uhmm_dax_dev_enable(d), 0);
+	ck_assert_int_eq(uhmm_dax_map(d, PROT_READ | PROT_WRITE, (void **)&p), 0);
+	ck_assert_uint_eq((uintptr_t)p % (2 * MiB), 0);
+	memset(p, 0x5a, 2 * MiB);
+	ck_assert_int_eq(p[2 * MiB - 1], 0x5a);
+	ck_assert_int_eq(uhmm_dax_unmap(d, p), 0);
 	ck_assert_int_eq(uhmm_dax_region_close(r), 0);
-	unlink(hp);
-	ck_assert_int_eq(uhmm_dax_region_create(hp, 4 * MiB, UHMM_DAX_ALIGN_4K, &r), -EINVAL);
-	unlink(hp);
+	/* Not 2 MiB aligned: refused on hugetlbfs. */
+	unlink(hp_env.file);
+	ck_assert_int_eq(uhmm_dax_region_create(hp_env.file, 4 * MiB, UHMM_DAX_ALIGN_4K, &r), -EINVAL);
+}
+END_TEST
+
+/* On 1 GiB hugetlbfs pages only a 1 GiB align is accepted. */
+START_TEST(region_create_hugetlbfs_1g_align)
+{
+	struct uhmm_dax_region *r;
+
+	if (hp_env.why) {
+		t_skip("%s", hp_env.why);
+		return;
+	}
+	ck_assert_int_eq(uhmm_dax_region_create(hp_env.file, 1024 * MiB, UHMM_DAX_ALIGN_2M, &r), -EINVAL);
+	unlink(hp_env.file);
+	ck_assert_int_eq(uhmm_dax_region_create(hp_env.file, 1024 * MiB, UHMM_DAX_ALIGN_1G, &r), 0);
+	ck_assert_int_eq(uhmm_dax_region_close(r), 0);
 }
 END_TEST
 
@@ -768,14 +904,30 @@ static void child_make_devices(const char *p, int n)
 {
 	struct uhmm_dax_region *r;
 
-	if (uhmm_dax_region_open(p, &r))
+	char lk[80];
+	int lfd;
+
+	/*
+	 * Taking the seed and sizing it are two calls: without this lock both
+	 * children can size the same seed, and the second call, finding the
+	 * size already set, is a successful no-op (one device fewer).
+	 */
+	snprintf(lk, sizeof(lk), "%s.lock", p);
+	lfd = open(lk, O_RDWR | O_CREAT, 0600);
+	if (lfd < 0 || uhmm_dax_region_open(p, &r))
 		_exit(2);
 	for (int i = 0; i < n; i++) {
 		struct uhmm_dax_dev *d;
+		int ret;
 
-		if (uhmm_dax_region_seed(r, &d) || uhmm_dax_dev_resize(d, 1 * MiB))
+		if (flock(lfd, LOCK_EX))
+			_exit(4);
+		ret = uhmm_dax_region_seed(r, &d) || uhmm_dax_dev_resize(d, 1 * MiB);
+		flock(lfd, LOCK_UN);
+		if (ret)
 			_exit(3);
 	}
+	close(lfd);
 	uhmm_dax_region_close(r);
 	_exit(0);
 }
@@ -784,6 +936,7 @@ static void child_make_devices(const char *p, int n)
 START_TEST(multi_two_processes_change_one_region)
 {
 	struct uhmm_dax_region_info info;
+	char lk[80];
 	pid_t pid[2];
 	int st;
 
@@ -797,6 +950,8 @@ START_TEST(multi_two_processes_change_one_region)
 		ck_assert_int_eq(waitpid(pid[i], &st, 0), pid[i]);
 		ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	}
+	snprintf(lk, sizeof(lk), "%s.lock", path);
+	unlink(lk);
 	/* The handle opened before the children sees their layout. */
 	ck_assert_int_eq(uhmm_dax_region_info(R, &info), 0);
 	ck_assert_uint_eq(info.nr_devices, 25);
@@ -932,18 +1087,23 @@ int main(void)
 	TCase *pgmap = tcase_create("dev_pagemap");
 	TCase *multi = tcase_create("multi_opener");
 	TCase *crash = tcase_create("crash");
+	TCase *hp2m = tcase_create("region_create_hugetlbfs");
+	TCase *hp1g = tcase_create("region_create_hugetlbfs_1g");
 	TCase *all4k[] = { create, open_, close_, info, devs, seed, find, dinfo, resize,
 			   addr, align, destroy, enable, reconf, map, unmap, pgmap, multi, crash };
 
 	for (unsigned i = 0; i < sizeof(all4k) / sizeof(all4k[0]); i++)
 		tcase_add_checked_fixture(all4k[i], setup, teardown);
 	tcase_add_checked_fixture(align2m, setup_2m, teardown);
+	tcase_add_unchecked_fixture(hp2m, hp2m_setup, hp_env_cleanup);
+	tcase_add_unchecked_fixture(hp1g, hp1g_setup, hp_env_cleanup);
 
 	tcase_add_test(create, region_create_has_only_seed);
 	tcase_add_test(create, region_create_bad_args_einval);
 	tcase_add_test(create, region_create_existing_label_eexist);
 	tcase_add_test(create, region_create_memfd);
-	tcase_add_test(create, region_create_hugetlbfs);
+	tcase_add_test(hp2m, region_create_hugetlbfs);
+	tcase_add_test(hp1g, region_create_hugetlbfs_1g_align);
 	tcase_add_test(open_, region_open_persists_layout);
 	tcase_add_test(open_, region_open_errors);
 	tcase_add_test(open_, region_open_torn_label_uses_previous);
@@ -976,5 +1136,5 @@ int main(void)
 	tcase_add_test(crash, crash_kill_during_reconfigure);
 	return t_run_suite("dax", create, open_, close_, info, devs, seed, find, dinfo, resize,
 			   addr, align, align2m, destroy, enable, reconf, map, unmap,
-			   pgmap, multi, crash, NULL);
+			   pgmap, multi, crash, hp2m, hp1g, NULL);
 }

@@ -305,6 +305,62 @@ START_TEST(kmem_free_cross_thread)
 }
 END_TEST
 
+/* Mallocs @n blocks of 16 B to 4 KiB, checks they are distinct device
+ * memory, frees them (into this thread's front cache). */
+static void churn_small(int n)
+{
+	void *p[300];
+
+	for (int i = 0; i < n; i++) {
+		size_t sz = 16U << (i % 9);
+
+		p[i] = uhmm_kmem_malloc(D, sz);
+		ck_assert_ptr_nonnull(p[i]);
+		ck_assert_uint_ge(uhmm_kmem_usable_size(D, p[i]), sz);
+		memset(p[i], i & 0xff, sz);
+	}
+	for (int i = 0; i < n; i++) {
+		size_t sz = 16U << (i % 9);
+
+		for (int j = 0; j < i; j++)
+			ck_assert_ptr_ne(p[i], p[j]);
+		ck_assert_uint_eq(((unsigned char *)p[i])[sz - 1], i & 0xff);
+	}
+	for (int i = 0; i < n; i++)
+		uhmm_kmem_free(D, p[i]);
+}
+
+static pthread_barrier_t churn_bar;
+
+static void *churn_thread(void *arg)
+{
+	churn_small(300);
+	pthread_barrier_wait(&churn_bar);	/* main switches modes */
+	pthread_barrier_wait(&churn_bar);
+	churn_small(300);
+	return NULL;
+}
+
+/* Freed blocks a live thread still caches do not block a switch to devdax,
+ * and are never handed out again by the next heap. */
+START_TEST(kmem_reconfigure_with_cached_frees)
+{
+	pthread_t t;
+
+	ck_assert_int_eq(pthread_barrier_init(&churn_bar, NULL, 2), 0);
+	ck_assert_int_eq(pthread_create(&t, NULL, churn_thread, NULL), 0);
+	churn_small(300);
+	pthread_barrier_wait(&churn_bar);
+	ck_assert_int_eq(uhmm_dax_dev_reconfigure(D, UHMM_DAX_MODE_DEVDAX), 0);
+	ck_assert_int_eq(uhmm_dax_dev_reconfigure(D, UHMM_DAX_MODE_KMEM), 0);
+	pthread_barrier_wait(&churn_bar);
+	churn_small(300);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_int_eq(uhmm_dax_dev_reconfigure(D, UHMM_DAX_MODE_DEVDAX), 0);
+	pthread_barrier_destroy(&churn_bar);
+}
+END_TEST
+
 /* kmem memory is the device's: it is not the process heap. */
 START_TEST(kmem_memory_is_device_memory)
 {
@@ -345,6 +401,7 @@ int main(void)
 	tcase_add_test(fr, kmem_free_cross_thread);
 	tcase_add_test(us, kmem_usable_size_classes);
 	tcase_add_test(rec, kmem_reconfigure_busy_with_live);
+	tcase_add_test(rec, kmem_reconfigure_with_cached_frees);
 	tcase_add_test(rsz, kmem_resize_grow_adds_memory);
 	tcase_add_test(rsz, kmem_resize_shrink_in_use_ebusy);
 	tcase_add_test(st, kmem_stress_two_threads);
