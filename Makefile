@@ -155,3 +155,64 @@ lint:
 
 clean:
 	rm -rf build build-asan build-tsan
+
+# ---------------------------------------------------------------------------
+# Reliability (issue 6): stress driver with shadow verification, fuzzers.
+STRESS     := $(BUILD)/stress
+STRESS_SRC := $(sort $(wildcard tests/stress/*.c))
+SECONDS    ?= 60
+
+.PHONY: stress fuzz fuzz-build
+all: $(STRESS)
+# test_stress runs build/stress; test_fuzz_replay runs the corpora.
+$(BUILD)/tests/test_stress: $(STRESS)
+
+$(STRESS): $(STRESS_SRC) $(wildcard tests/stress/*.h) $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Itests/stress $(CFLAGS) -o $@ $(STRESS_SRC) $(STATIC) $(LDFLAGS) $(LIBS)
+
+# make stress SECONDS=600: the long run (seed printed first; UHMM_SEED=<n> replays).
+stress: $(STRESS)
+	$(STRESS) --duration $(SECONDS)
+	$(STRESS) --dax --duration $$(( $(SECONDS) / 4 + 1 ))
+
+# Fuzz targets (tests/fuzz/fuzz_*.c, each defines LLVMFuzzerTestOneInput).
+# With gcc they link tests/fuzz/replay.c, which replays tests/fuzz/corpus/<target>/
+# in `make check` (test_fuzz_replay); `make fuzz SECONDS=N` builds them with
+# clang -fsanitize=fuzzer,address and runs each for N seconds.
+FUZZ_SRC     := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_NAMES   := $(FUZZ_SRC:tests/fuzz/%.c=%)
+FUZZ_REPLAYS := $(FUZZ_NAMES:%=$(BUILD)/fuzz/replay_%)
+FUZZ_CFLAGS   = -Isrc -Icli $(JSON_CFLAGS)
+FUZZ_LIBS     = $(JSON_LIBS) $(LIBS)
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_CC      ?= clang
+
+all: $(FUZZ_REPLAYS)
+$(BUILD)/tests/test_fuzz_replay: $(FUZZ_REPLAYS)
+
+$(BUILD)/fuzz/replay_%: tests/fuzz/%.c tests/fuzz/replay.c $(wildcard tests/stress/*.h) $(wildcard cli/*.[ch]) $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $(CFLAGS) -o $@ $< tests/fuzz/replay.c $(STATIC) $(LDFLAGS) $(FUZZ_LIBS)
+
+fuzz-build:
+	@command -v $(FUZZ_CC) >/dev/null || { echo "make fuzz needs clang and libclang-rt-14-dev (apt-get install clang libclang-rt-14-dev)"; exit 1; }
+	$(MAKE) BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) SAN="-fsanitize=address,fuzzer-no-link -fno-omit-frame-pointer" $(FUZZ_BUILD)/libuhmm.a
+	@mkdir -p $(FUZZ_BUILD)/fuzz
+	@for t in $(FUZZ_NAMES); do \
+		echo "  FUZZ $$t"; \
+		$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $(CFLAGS) -fsanitize=fuzzer,address -fno-omit-frame-pointer \
+			-o $(FUZZ_BUILD)/fuzz/$$t tests/fuzz/$$t.c $(FUZZ_BUILD)/libuhmm.a $(FUZZ_LIBS) || exit 1; \
+	done
+
+# Runs each target for SECONDS in a scratch corpus seeded from the committed one.
+fuzz: fuzz-build
+	@for t in $(FUZZ_NAMES); do \
+		mkdir -p $(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/crashes/$$t; \
+		cp -n tests/fuzz/corpus/$$t/* $(FUZZ_BUILD)/corpus/$$t/ 2>/dev/null; \
+		echo "== $$t ($(SECONDS) s)"; \
+		ASAN_OPTIONS=detect_leaks=1 $(FUZZ_BUILD)/fuzz/$$t -max_total_time=$(SECONDS) -timeout=20 \
+			-print_final_stats=1 -artifact_prefix=$(FUZZ_BUILD)/crashes/$$t/ \
+			$(FUZZ_BUILD)/corpus/$$t tests/fuzz/corpus/$$t -runs=-1 2>&1 | \
+			grep -E "^#[0-9]+.*DONE|stat::number_of_executed_units|stat::new_units_added|cov:|ERROR|SUMMARY|Test unit written|^fuzz_api:|parse_size" | tail -n 8 || exit 1; \
+	done

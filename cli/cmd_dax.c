@@ -2,6 +2,7 @@
 /* cmd_dax.c - `uhmm dax`: create regions, list them as JSON (like
  * `daxctl list -R -D`), create/destroy/resize/reconfigure/enable/disable
  * devices. A region is named by its backing path (-r PATH). */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <json-c/json.h>
@@ -34,7 +35,8 @@ static int parse_size(const char *s, uint64_t *out)
 	char *end;
 	int shift = 0;
 
-	if (!s || !*s || *s == '-')
+	/* digits first: strtoull would skip blanks and accept a sign */
+	if (!s || !isdigit((unsigned char)*s))
 		return -1;
 	errno = 0;
 	v = strtoull(s, &end, 0);

@@ -24,6 +24,14 @@ struct mig_ctl {
 #define PG UHMM_PAGE_SIZE
 #define VA(m, i) ((m)->start + (i) * PG)
 
+static bool page_present(const void *addr)
+{
+	unsigned char v = 0;
+
+	return mincore((void *)addr, PG, &v) == 0 && (v & 1);
+}
+
+
 static bool type_selected(const struct uhmm_migrate *m, const struct uhmm_page *pg)
 {
 	if (pg->pgmap->owner != m->pgmap_owner)
@@ -254,7 +262,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	v = uhmm_vma_find(mm, m->start);
 	if (!v || v->end < m->end || v->kind == VMA_INTERNAL) {
 		mm_unlock(mm);
-		uhmm_mm_migration_end(mm);
+		uhmm_mm_migration_end(mm, m->flags & UHMM_MIGRATE_SELECT_SYSTEM);
 		free(c->devpage);
 		free(c->placed);
 		free(c);
@@ -279,7 +287,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 				    UHMM_MIGRATE_PFN_DEVICE |
 				    (e & ENT_WRITE ? UHMM_MIGRATE_PFN_WRITE : 0);
 			uhmm_ent_set(mm, v, VA(m, i), ENT_MAKE(c, ENT_MIGRATING, 0));
-		} else if (!e && sys_ok) {
+		} else if (!e && sys_ok && !uhmm_mm_dropping_locked(mm, VA(m, i))) {
 			if (!uhmm_vma_ent(v, VA(m, i), true))
 				continue;
 			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
@@ -449,18 +457,25 @@ static void fill_holes(struct uhmm_mm *mm, uint64_t to, uint64_t len)
 	unsigned char vec[512];
 	uint64_t done;
 
+	uhmm_lockdep_assert_held(&mm->lock);
 	for (uint64_t off = 0; off < len; off += 512 * PG) {
 		uint64_t n = UHMM_MIN(512, (len - off) / PG);
 
 		if (mincore((void *)(uintptr_t)(to + off), n * PG, vec))
 			return;
 		for (uint64_t k = 0; k < n; k++)
-			if (!(vec[k] & 1)) {
-				mm_lock(mm);
+			if (!(vec[k] & 1))
 				uhmm_uffd_fill(mm, to + off + k * PG, PG, true, &done);
-				mm_unlock(mm);
-			}
 	}
+}
+
+/* Page i's CPU entry is still this migration's (mm->lock held). */
+static bool still_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i)
+{
+	struct mm_vma *v = uhmm_vma_find(mm, VA(c->m, i));
+	uint64_t *pe = v ? uhmm_vma_ent(v, VA(c->m, i), false) : NULL;
+
+	return pe && ENT_STATE(*pe) == ENT_MIGRATING && ENT_PTR(*pe) == c;
 }
 
 /*
@@ -527,12 +542,29 @@ static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 			i++;
 			continue;
 		}
+		/*
+		 * Writes into the process happen under mm->lock and only where
+		 * the entry is still ours: the range may have been unmapped and
+		 * mapped again meanwhile. (The lock is safe here: these ioctls
+		 * never wait for the handler, and nothing below can fault.)
+		 */
+		if (to_process) {
+			mm_lock(mm);
+			if (!still_ours(mm, c, i)) {
+				mm_unlock(mm);
+				m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+				i++;
+				continue;
+			}
+		}
 		for (j = i + 1; j < m->npages && move_wanted(m, c, j, &t2, &f2) &&
 				(c->devpage[j] != NULL) == to_process &&
-				t2 == to + (j - i) * PG && f2 == from + (j - i) * PG;
+				t2 == to + (j - i) * PG && f2 == from + (j - i) * PG &&
+				(!to_process || still_ours(mm, c, j));
 		     j++)
 			;
 		if (to_process && j - i < MOVE_MIN_RUN && copy_present(mm, c, to, from, i, j)) {
+			mm_unlock(mm);
 			i = j;
 			continue;
 		}
@@ -563,6 +595,8 @@ static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 						m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 				}
 		}
+		if (to_process)
+			mm_unlock(mm);
 		i = j;
 	}
 }
@@ -579,6 +613,13 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		return -EINVAL;
 	mm = m->mm;
 	put = calloc(m->npages * 2, sizeof(*put));
+	/*
+	 * A MADV_DONTNEED the handler has read but not applied yet has resumed
+	 * and zapped nothing (the pages were isolated): let the handler apply it
+	 * first, so the entry check below sees the page dropped and nothing
+	 * comes back. (On the handler itself, events run before faults.)
+	 */
+	uhmm_mm_batch_barrier(mm);
 	transfer(m, c);
 	mm_lock(mm);
 	for (uint64_t i = 0; i < m->npages; i++) {
@@ -661,7 +702,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	free(put);
 	ctl_free(mm, c, m->npages);
 	m->priv = NULL;
-	uhmm_mm_migration_end(mm);
+	uhmm_mm_migration_end(mm, m->flags & UHMM_MIGRATE_SELECT_SYSTEM);
 	return done;
 }
 
@@ -755,6 +796,8 @@ int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t start,
 	/* Fault in writable first (the handler serves holes). */
 	if (madvise((void *)(uintptr_t)start, end - start, MADV_POPULATE_WRITE))
 		return -EFAULT;
+	/* like a migration to a device: a fork waits for it, and it for a fork */
+	uhmm_mm_migration_begin(mm, true);
 	uhmm_invalidate_start(mm, UHMM_EVENT_EXCLUSIVE, start, end, owner, 0);
 	for (uint64_t i = 0; i < npages && !err; i++) {
 		uint64_t a = start + i * PG, moved = 0, *pe;
@@ -779,6 +822,9 @@ int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t start,
 		}
 		/* Atomically take the page: later CPU accesses fault to us. */
 		err = uhmm_uffd_move(mm, (uint64_t)(uintptr_t)x->buf, a, PG, &moved);
+		/* a hole "moves" too (DONTNEED raced the populate): not taken */
+		if (!err && moved == PG && !page_present(x->buf))
+			err = -EBUSY;
 		if (!err && moved == PG)
 			uhmm_ent_set(mm, v, a, ENT_MAKE(x, ENT_EXCLUSIVE, 1));
 		mm_unlock(mm);
@@ -790,6 +836,7 @@ int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t start,
 		pages[i] = x->buf;
 	}
 	uhmm_invalidate_end(mm);
+	uhmm_mm_migration_end(mm, true);
 	return err;
 }
 
@@ -811,19 +858,25 @@ int uhmm_excl_restore(struct uhmm_mm *mm, uint64_t addr)
 	/* park other CPU threads until the page is back */
 	*pe = ENT_MAKE(x, ENT_MIGRATING, 0);
 	mm_unlock(mm);
+	uhmm_mm_migration_begin(mm, false);
 	uhmm_invalidate(mm, UHMM_EVENT_CLEAR, addr, addr + PG, NULL, 0);
 	mm_lock(mm);
 	{
 		uint64_t moved = 0;
 
 		rc = uhmm_uffd_move(mm, addr, (uint64_t)(uintptr_t)x->buf, PG, &moved);
+		/* a read-only mapping refuses moves: copy, but never from a
+		 * hole (the copy would fault, maybe on the handler itself) */
 		if (rc || moved != PG)
-			rc = uhmm_uffd_copy(mm, addr, x->buf, PG, false);
+			rc = page_present(x->buf)
+				     ? uhmm_uffd_copy(mm, addr, x->buf, PG, false)
+				     : uhmm_uffd_fill(mm, addr, PG, true, &moved);
 	}
 	v = uhmm_vma_find(mm, addr);
 	if (v)
 		uhmm_ent_set(mm, v, addr, 0);
 	mm_unlock(mm);
+	uhmm_mm_migration_end(mm, false);
 	uhmm_uffd_wake(mm, addr, PG);
 	uhmm_excl_free(x);
 	return rc == -EEXIST ? 0 : rc;

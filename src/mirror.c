@@ -540,7 +540,7 @@ static int walk(struct uhmm_range *r, struct uhmm_mm *mm, struct walk_buf *wb,
 				err = uhmm_device_fault(mm, a, wantw, 0);
 				return err ? -EFAULT : 1;
 			}
-			if (e) {	/* migrating or exclusive: not present */
+			if (ENT_STATE(e)) {	/* migrating or exclusive: not present */
 				if (!want) {
 					r->hmm_pfns[i] = 0;
 					continue;

@@ -291,6 +291,7 @@ void uhmm_mm_apply_unmap(struct uhmm_mm *mm, uint64_t start, uint64_t end,
 					uhmm_ent_set(mm, v, a, 0);
 				}
 			}
+
 		if (!clear_only && v->start >= start && v->end <= end)
 			vma_remove_at(mm, i);
 		else
@@ -364,6 +365,16 @@ bool uhmm_mm_suppressed(struct uhmm_mm *mm, uint8_t event, uint64_t start,
 	}
 	mm_unlock(mm);
 	return hit;
+}
+
+bool uhmm_mm_dropping_locked(struct uhmm_mm *mm, uint64_t addr)
+{
+	uhmm_lockdep_assert_held(&mm->lock);
+	for (unsigned int i = 0; i < mm->nr_suppress; i++)
+		if (mm->suppress[i].event == UFFD_EVENT_REMOVE &&
+		    addr >= mm->suppress[i].start && addr < mm->suppress[i].end)
+			return true;
+	return false;
 }
 
 static void suppress_del(struct uhmm_mm *mm, uint64_t start, uint64_t end)
@@ -482,17 +493,19 @@ int uhmm_mm_bring_back(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 
 void uhmm_mm_migration_begin(struct uhmm_mm *mm, bool to_device)
 {
-	pthread_mutex_lock(&mm->lock);
+	mm_lock(mm);	/* a handler never sleeps on it */
 	while (mm->forking && to_device && !tls_forking && !uhmm_uffd_is_handler())
 		pthread_cond_wait(&mm->fork_cond, &mm->lock);
 	mm->migrations++;
+	mm->migrations_to_dev += to_device;
 	pthread_mutex_unlock(&mm->lock);
 }
 
-void uhmm_mm_migration_end(struct uhmm_mm *mm)
+void uhmm_mm_migration_end(struct uhmm_mm *mm, bool to_device)
 {
-	pthread_mutex_lock(&mm->lock);
+	mm_lock(mm);
 	mm->migrations--;
+	mm->migrations_to_dev -= to_device;
 	pthread_cond_broadcast(&mm->fork_cond);
 	pthread_mutex_unlock(&mm->lock);
 }
@@ -504,6 +517,9 @@ static void atfork_prepare(void)
 	for (struct uhmm_mm *mm = uhmm_mm_list; mm; mm = mm->next_open) {
 		pthread_mutex_lock(&mm->lock);
 		mm->forking = true;
+		/* pages in flight either way are holes the child would read as zero */
+		while (mm->migrations)
+			pthread_cond_wait(&mm->fork_cond, &mm->lock);
 		pthread_mutex_unlock(&mm->lock);
 		uhmm_mm_bring_back(mm, 0, UINT64_MAX);
 	}
@@ -934,6 +950,14 @@ int uhmm_madvise(void *addr, size_t len, int advice)
 		return madvise(addr, len, advice) ? -errno : 0;
 	WRAP_ARGS(addr, len);
 	wrap_begin(&w, UHMM_EVENT_CLEAR, s, e, UFFD_EVENT_REMOVE, 0);
+	/*
+	 * Drop uhmm's state before the kernel zaps: a migration in flight then
+	 * finds its pages gone and installs nothing afterwards, and new ones
+	 * skip the range until the call is over (the suppression entry).
+	 */
+	for (unsigned int i = 0; i < w.n; i++)
+		if (w.suppressed[i])
+			uhmm_mm_apply_unmap(w.mms[i], s, e, true);
 	rc = madvise(addr, len, advice) ? -errno : 0;
 	wrap_end(&w, s, e);
 	return rc;

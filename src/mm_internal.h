@@ -29,6 +29,7 @@
 #define ENT_MIGRATING 2ULL	/* ptr: device page or NULL; isolated */
 #define ENT_EXCLUSIVE 3ULL	/* ptr: struct uhmm_excl */
 #define ENT_WRITE 4ULL		/* device mapping writable */
+
 #define ENT_PTR(e) ((void *)(uintptr_t)((e) & ~7ULL))
 #define ENT_STATE(e) ((e) & ENT_STATE_MASK)
 #define ENT_MAKE(p, st, w) ((uint64_t)(uintptr_t)(p) | (st) | ((w) ? ENT_WRITE : 0))
@@ -97,6 +98,7 @@ struct uhmm_mm {
 	/* migrations in flight vs fork (see mm.c) */
 	pthread_cond_t fork_cond;	/* under lock */
 	unsigned int migrations;
+	unsigned int migrations_to_dev;	/* fork waits for these to end */
 	bool forking;
 
 	struct uhmm_notif_state *notif;
@@ -129,6 +131,8 @@ UHMM_HIDDEN void uhmm_mm_suppress_add(struct uhmm_mm *mm, uint8_t event,
 				      uint64_t start, uint64_t end);
 UHMM_HIDDEN bool uhmm_mm_suppressed(struct uhmm_mm *mm, uint8_t event,
 				    uint64_t start, uint64_t end);
+/* addr is inside a uhmm_madvise() drop in progress (mm->lock held) */
+UHMM_HIDDEN bool uhmm_mm_dropping_locked(struct uhmm_mm *mm, uint64_t addr);
 UHMM_HIDDEN void uhmm_mm_apply_unmap(struct uhmm_mm *mm, uint64_t start,
 				     uint64_t end, bool clear_only);
 UHMM_HIDDEN void uhmm_mm_apply_remap(struct uhmm_mm *mm, uint64_t from,
@@ -144,7 +148,7 @@ struct vma_info {
 /* First mapping that covers or follows addr: 0, or -ENOENT (none). */
 UHMM_HIDDEN int uhmm_vma_query(struct uhmm_mm *mm, uint64_t addr,
 			       struct vma_info *out);
-UHMM_HIDDEN void uhmm_mm_migration_end(struct uhmm_mm *mm);
+UHMM_HIDDEN void uhmm_mm_migration_end(struct uhmm_mm *mm, bool to_device);
 
 /* uffd.c */
 UHMM_HIDDEN int uhmm_uffd_open(struct uhmm_mm *mm);

@@ -155,6 +155,8 @@ static int sim_to_sys(struct uhmm_sim *s, uint64_t start, uint64_t end,
 	err = uhmm_migrate_setup(&m);
 	if (err)
 		return err;
+	if (s->copy)	/* allocate now: not under s->lock (it takes mm->lock) */
+		uhmm_migrate_dst_buf(&m, 0);
 	pthread_mutex_lock(&s->lock);
 	for (uint64_t i = 0; i < n; i++) {
 		void *to = s->copy ? uhmm_migrate_dst_buf(&m, i) : NULL;
@@ -293,6 +295,27 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+/* True if the CPU entry of addr is device page pg (s->lock held). */
+static bool cpu_entry_is(struct uhmm_sim *s, uint64_t addr, struct uhmm_page *pg)
+{
+	struct mm_vma *v;
+	uint64_t e = 0;
+
+	/*
+	 * Never wait for mm->lock under s->lock: its holder may be waiting for
+	 * the handler, which may be waiting for s->lock in our invalidate.
+	 * Busy means "not known to be mapped": the page is simply not mapped
+	 * now and the next access faults it in.
+	 */
+	if (uhmm_uffd_is_handler() || pthread_mutex_trylock(&s->mm->lock))
+		return false;
+	v = uhmm_vma_find(s->mm, addr);
+	if (v && v->ents)
+		e = v->ents[(addr - v->start) >> UHMM_PAGE_SHIFT];
+	mm_unlock(s->mm);
+	return ENT_STATE(e) == ENT_DEVICE && ENT_PTR(e) == pg;
+}
+
 /* Fill the device page table for [a, b) (read_begin/range_fault/retry). */
 static int sim_fault(struct uhmm_sim *s, uint64_t a, uint64_t b, bool write)
 {
@@ -322,9 +345,14 @@ static int sim_fault(struct uhmm_sim *s, uint64_t a, uint64_t b, bool write)
 			uint64_t e = pfns[i];
 			bool w = e & UHMM_PFN_WRITE;
 
-			if (e & UHMM_PFN_DEVICE)
-				pt_set(s, (a >> UHMM_PAGE_SHIFT) + i, PT_DEV, w,
-				       uhmm_pfn_to_page(uhmm_pfn_frame(e)));
+			if (e & UHMM_PFN_DEVICE) {
+				struct uhmm_page *pg = uhmm_pfn_to_page(uhmm_pfn_frame(e));
+
+				/* our own migrations do not move the sequence:
+				 * map the page only if the CPU still points at it */
+				if (cpu_entry_is(s, a + i * PG, pg))
+					pt_set(s, (a >> UHMM_PAGE_SHIFT) + i, PT_DEV, w, pg);
+			}
 			else if (e & UHMM_PFN_VALID)
 				pt_set(s, (a >> UHMM_PAGE_SHIFT) + i, PT_SYS, w, NULL);
 		}
@@ -335,10 +363,24 @@ static int sim_fault(struct uhmm_sim *s, uint64_t a, uint64_t b, bool write)
 }
 
 /* One piece of a read or write: fault what the table lacks, then copy. */
+/* Every page of [a, a + n pages) still has an entry of the kind seen (s->lock). */
+static bool kinds_unchanged(struct uhmm_sim *s, uint64_t a, uint64_t n,
+			    const uint8_t *kinds)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		struct pt_ent *e = pt_find(s, (a >> UHMM_PAGE_SHIFT) + i);
+
+		if (!e || e->kind != kinds[i])
+			return false;
+	}
+	return true;
+}
+
 static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 		      bool write)
 {
 	uint64_t t0 = now_ns();
+	uint8_t kinds[PIECE];
 
 	for (;;) {
 		unsigned long seq;
@@ -376,6 +418,7 @@ static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 			e = pt_find(s, (a >> UHMM_PAGE_SHIFT) + i);
 			kind = e ? e->kind : 0;
 			pthread_mutex_unlock(&s->lock);
+			kinds[i] = kind;
 			if (kind != PT_SYS)
 				continue;
 			local = (struct iovec){ buf + i * PG, PG };
@@ -386,7 +429,9 @@ static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 				return -EFAULT;
 		}
 		pthread_mutex_lock(&s->lock);
-		if (uhmm_interval_read_retry(&s->notifier, seq)) {
+		if (uhmm_interval_read_retry(&s->notifier, seq) ||
+		    !kinds_unchanged(s, a, n, kinds)) {
+			/* changed meanwhile (our own migrations move no sequence) */
 			pthread_mutex_unlock(&s->lock);
 			continue;
 		}
@@ -394,7 +439,7 @@ static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 			struct pt_ent *e = pt_find(s, (a >> UHMM_PAGE_SHIFT) + i);
 			void *mem;
 
-			if (!e || e->kind == PT_SYS)
+			if (e->kind == PT_SYS)
 				continue;
 			mem = e->kind == PT_DEV ? uhmm_page_to_virt(e->data) : e->data;
 			if (write)
@@ -499,11 +544,17 @@ static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 	}
 	uhmm_migrate_pages(&m);
 	done = uhmm_migrate_finalize(&m);
-	/* map what moved, unless the range changed since read_begin */
+	/*
+	 * Map what moved, unless the range changed since read_begin, and only
+	 * pages the CPU entry still points to: another command of this sim (we
+	 * skip our own MIGRATE events) may have brought one back already. Its
+	 * table updates also run under s->lock, so the check cannot go stale.
+	 */
 	pthread_mutex_lock(&s->lock);
 	if (!uhmm_interval_read_retry(&s->notifier, seq))
 		for (uint64_t i = 0; i < n; i++)
-			if (pages[i] && (src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			if (pages[i] && (src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
+			    cpu_entry_is(s, start + i * PG, pages[i]))
 				pt_set(s, (start >> UHMM_PAGE_SHIFT) + i, PT_DEV,
 				       src[i] & UHMM_MIGRATE_PFN_WRITE, pages[i]);
 	pthread_mutex_unlock(&s->lock);
@@ -638,6 +689,7 @@ int uhmm_sim_snapshot(struct uhmm_sim *s, uint64_t addr, uint64_t npages,
 
 int uhmm_sim_exclusive(struct uhmm_sim *s, uint64_t addr, uint64_t npages)
 {
+	unsigned long seq;
 	void **bufs;
 	int err;
 
@@ -646,11 +698,18 @@ int uhmm_sim_exclusive(struct uhmm_sim *s, uint64_t addr, uint64_t npages)
 	bufs = calloc(npages, sizeof(*bufs));
 	if (!bufs)
 		return -ENOMEM;
+	seq = uhmm_interval_read_begin(&s->notifier);
 	err = uhmm_make_device_exclusive(s->mm, addr, npages, s, bufs);
+	/*
+	 * A CPU touch may already have revoked some (CLEAR moves the sequence):
+	 * then map none; check_exclusive reports them gone, as they are.
+	 */
 	pthread_mutex_lock(&s->lock);
-	for (uint64_t i = 0; i < npages; i++)
-		if (bufs[i])
-			pt_set(s, (addr >> UHMM_PAGE_SHIFT) + i, PT_ATOMIC, true, bufs[i]);
+	if (!uhmm_interval_read_retry(&s->notifier, seq))
+		for (uint64_t i = 0; i < npages; i++)
+			if (bufs[i])
+				pt_set(s, (addr >> UHMM_PAGE_SHIFT) + i, PT_ATOMIC, true,
+				       bufs[i]);
 	pthread_mutex_unlock(&s->lock);
 	free(bufs);
 	return err;

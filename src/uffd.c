@@ -306,6 +306,7 @@ static int handle_fault(struct uhmm_mm *mm, const struct uffd_msg *msg)
 	int tid = (int)msg->arg.pagefault.feat.ptid;
 	struct mm_vma *v;
 	uint64_t e = 0, ws, we, psz, done;
+	bool fill_err = false;
 	int rc = 0;
 
 	mm_lock(mm);
@@ -365,11 +366,11 @@ static int handle_fault(struct uhmm_mm *mm, const struct uffd_msg *msg)
 		int r;
 
 		if (v && v->ents)
-			while (a < we && v->ents[(a - v->start) >> UHMM_PAGE_SHIFT])
+			while (a < we && ENT_STATE(v->ents[(a - v->start) >> UHMM_PAGE_SHIFT]))
 				a += UHMM_PAGE_SIZE;
 		b = a;
 		if (v && v->ents)
-			while (b < we && !v->ents[(b - v->start) >> UHMM_PAGE_SHIFT])
+			while (b < we && !ENT_STATE(v->ents[(b - v->start) >> UHMM_PAGE_SHIFT]))
 				b += UHMM_PAGE_SIZE;
 		else
 			b = we;
@@ -379,7 +380,20 @@ static int handle_fault(struct uhmm_mm *mm, const struct uffd_msg *msg)
 		atomic_fetch_add(&mm->st_filled_pages, done >> UHMM_PAGE_SHIFT);
 		if (r == -EAGAIN)
 			rc = r;
+		else if (r)
+			fill_err = true;
 		a = b;
+	}
+	/*
+	 * The window may cross a mapping split (mprotect) that uhmm's range
+	 * record does not show: the fill then fails there. Serve at least the
+	 * faulting page, alone.
+	 */
+	if (fill_err && rc != -EAGAIN) {
+		uint64_t ps = addr & ~(psz - 1);
+
+		if (uhmm_uffd_fill(mm, ps, psz, write, &done) == -EAGAIN)
+			rc = -EAGAIN;
 	}
 	mm_unlock(mm);
 	atomic_fetch_add(&mm->st_fills, 1);
@@ -399,19 +413,31 @@ static void handle_event(struct uhmm_mm *mm, const struct uffd_msg *msg)
 
 		s = msg->arg.remove.start;
 		e = msg->arg.remove.end;
-		if (!uhmm_mm_suppressed(mm, msg->event, s, e))
-			uhmm_invalidate(mm, unmap ? UHMM_EVENT_UNMAP : UHMM_EVENT_CLEAR,
-					s, e, NULL, 0);
-		uhmm_mm_apply_unmap(mm, s, e, !unmap);
+		/*
+		 * Apply while the sequence is odd: a device whose read_begin
+		 * returns sees the entries already changed.
+		 */
+		if (!uhmm_mm_suppressed(mm, msg->event, s, e)) {
+			uhmm_invalidate_start(mm, unmap ? UHMM_EVENT_UNMAP : UHMM_EVENT_CLEAR,
+					      s, e, NULL, 0);
+			uhmm_mm_apply_unmap(mm, s, e, !unmap);
+			uhmm_invalidate_end(mm);
+		} else {
+			uhmm_mm_apply_unmap(mm, s, e, !unmap);
+		}
 		break;
 	}
 	case UFFD_EVENT_REMAP:
 		s = msg->arg.remap.from;
 		e = s + msg->arg.remap.len;
-		if (!uhmm_mm_suppressed(mm, UFFD_EVENT_REMAP, s, e))
-			uhmm_invalidate(mm, UHMM_EVENT_REMAP, s, e, NULL,
-					msg->arg.remap.to);
-		uhmm_mm_apply_remap(mm, s, msg->arg.remap.to, msg->arg.remap.len);
+		if (!uhmm_mm_suppressed(mm, UFFD_EVENT_REMAP, s, e)) {
+			uhmm_invalidate_start(mm, UHMM_EVENT_REMAP, s, e, NULL,
+					      msg->arg.remap.to);
+			uhmm_mm_apply_remap(mm, s, msg->arg.remap.to, msg->arg.remap.len);
+			uhmm_invalidate_end(mm);
+		} else {
+			uhmm_mm_apply_remap(mm, s, msg->arg.remap.to, msg->arg.remap.len);
+		}
 		break;
 	case UFFD_EVENT_FORK: {
 		/* The child does not inherit management: dropping its fd
@@ -476,8 +502,16 @@ static void run_backlog_and_deferred(struct uhmm_mm *mm, struct handler_state *h
 		struct uffd_msg m;
 		bool got = false;
 
+		/* events before faults, as in the main loop */
 		pthread_mutex_lock(&mm->backlog_lock);
-		if (mm->nr_backlog) {
+		for (unsigned int i = 0; i < mm->nr_backlog && !got; i++)
+			if (mm->backlog[i].event != UFFD_EVENT_PAGEFAULT) {
+				m = mm->backlog[i];
+				memmove(mm->backlog + i, mm->backlog + i + 1,
+					(--mm->nr_backlog - i) * sizeof(m));
+				got = true;
+			}
+		if (!got && mm->nr_backlog) {
 			m = mm->backlog[0];
 			memmove(mm->backlog, mm->backlog + 1,
 				--mm->nr_backlog * sizeof(m));
@@ -527,8 +561,17 @@ static void *handler_main(void *arg)
 		pthread_mutex_unlock(&mm->backlog_lock);
 		n = read(mm->uffd, msgs, sizeof(msgs));
 		if (n > 0) {
+			/*
+			 * Events first: a fault read in the same batch as a
+			 * REMOVE must not bring back data the kernel has
+			 * already zapped (the caller resumed when we read it).
+			 */
 			for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
-				run_msg(mm, hs, &msgs[i]);
+				if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+					run_msg(mm, hs, &msgs[i]);
+			for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
+				if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+					run_msg(mm, hs, &msgs[i]);
 			run_backlog_and_deferred(mm, hs);
 			batch_done(mm, start);
 			last = now_us();
