@@ -17,6 +17,10 @@ SAN       ?=
 WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
              -Wpointer-arith -Wvla -Wformat=2 -Wundef -Wno-unused-parameter
 CPPFLAGS  += -Iinclude -D_GNU_SOURCE
+# make FAULT_INJECT=1 BUILD=build-fi: internal calls fail on the UHMM_FI schedule
+ifeq ($(FAULT_INJECT),1)
+CPPFLAGS  += -DUHMM_FAULT_INJECT
+endif
 CFLAGS    += -std=gnu11 $(OPT) $(WARN) -pthread $(SAN)
 LIBCFLAGS := -fPIC -fvisibility=hidden
 LDFLAGS   += $(SAN)
@@ -154,7 +158,7 @@ lint:
 	shellcheck tests/*.sh .ci/run
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fi build-fuzz
 
 # ---------------------------------------------------------------------------
 # Reliability (issue 6): stress driver with shadow verification, fuzzers.
@@ -162,7 +166,7 @@ STRESS     := $(BUILD)/stress
 STRESS_SRC := $(sort $(wildcard tests/stress/*.c))
 SECONDS    ?= 60
 
-.PHONY: stress fuzz fuzz-build
+.PHONY: stress stress-fi fuzz fuzz-build
 all: $(STRESS)
 # test_stress runs build/stress; test_fuzz_replay runs the corpora.
 $(BUILD)/tests/test_stress: $(STRESS)
@@ -175,6 +179,13 @@ $(STRESS): $(STRESS_SRC) $(wildcard tests/stress/*.h) $(STATIC)
 stress: $(STRESS)
 	$(STRESS) --duration $(SECONDS)
 	$(STRESS) --dax --duration $$(( $(SECONDS) / 4 + 1 ))
+
+# The stress run with fault injection: moves, copies, fills, device page
+# allocations fail now and then (UHMM_FI to change it).
+UHMM_FI ?= uffd_move:5%,uffd_copy:3%,uffd_zeropage:3%,page_alloc:5%
+stress-fi:
+	$(MAKE) FAULT_INJECT=1 BUILD=build-fi build-fi/stress
+	UHMM_FI='$(UHMM_FI)' build-fi/stress --duration $(SECONDS)
 
 # Fuzz targets (tests/fuzz/fuzz_*.c, each defines LLVMFuzzerTestOneInput).
 # With gcc they link tests/fuzz/replay.c, which replays tests/fuzz/corpus/<target>/

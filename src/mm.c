@@ -13,6 +13,7 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 #include "compat.h"
+#include "fault_inject.h"
 #include "mm_internal.h"
 
 #define TMPFS_MAGIC_ 0x01021994
@@ -821,6 +822,8 @@ int uhmm_mm_alloc(struct uhmm_mm *mm, size_t len, unsigned int flags, void **out
 	    !UHMM_IS_ALIGNED((uint64_t)len, UHMM_PAGE_SIZE) || len > (1ULL << 46))
 		return -EINVAL;
 	maplen = len + align - UHMM_PAGE_SIZE;
+	if (uhmm_fi_fail(UHMM_FI_MMAP))
+		return -ENOMEM;
 	p = mmap(NULL, maplen, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED)

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "fault_inject.h"
 #include "pagemap_internal.h"
 
 /*
@@ -856,6 +857,8 @@ int uhmm_pagemap_alloc_pages(struct uhmm_pagemap *pgmap, uint64_t n,
 
 	if (!pgmap || !pages || !n || (flags & ~UHMM_ALLOC_CONTIG))
 		return -EINVAL;
+	if (uhmm_fi_fail(UHMM_FI_PAGE_ALLOC))
+		return uhmm_fi_errno(UHMM_FI_PAGE_ALLOC, -ENOSPC);
 	priv = pm_priv_read_lock(pgmap, &tok);
 	if (!priv) {
 		pm_read_unlock(tok);

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "compat.h"
+#include "fault_inject.h"
 #include "mm_internal.h"
 
 #ifndef USERFAULTFD_IOC_NEW
@@ -188,6 +189,10 @@ int uhmm_uffd_copy(struct uhmm_mm *mm, uint64_t dst, const void *src,
 			.mode = UFFDIO_COPY_MODE_DONTWAKE,
 		};
 
+		if (uhmm_fi_fail(UHMM_FI_UFFD_COPY)) {	/* as if mm were changing */
+			uhmm_uffd_retry_wait(mm, &tries);
+			continue;
+		}
 		if (ioctl(mm->uffd, UFFDIO_COPY, &c) == 0) {
 			done = len;
 			break;
@@ -212,6 +217,8 @@ int uhmm_uffd_move(struct uhmm_mm *mm, uint64_t dst, uint64_t src, uint64_t len,
 	int tries = 0;
 
 	*moved = 0;
+	if (uhmm_fi_fail(UHMM_FI_UFFD_MOVE))	/* callers fall back to copying */
+		return uhmm_fi_errno(UHMM_FI_UFFD_MOVE, -EBUSY);
 	while (done < len) {
 		struct uffdio_move m = {
 			.dst = dst + done,
@@ -252,6 +259,10 @@ int uhmm_uffd_fill(struct uhmm_mm *mm, uint64_t start, uint64_t len, bool write,
 	bool copy = write || (v && v->kind == VMA_HUGETLB);
 	uint64_t off = 0;
 
+	if (uhmm_fi_fail(copy ? UHMM_FI_UFFD_COPY : UHMM_FI_UFFD_ZEROPAGE)) {
+		*done = 0;
+		return -EAGAIN;		/* the handler defers and retries */
+	}
 	while (off < len) {
 		int64_t res;
 		int rc;
@@ -612,7 +623,9 @@ int uhmm_uffd_start(struct uhmm_mm *mm)
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	for (unsigned int i = 0; i < mm->nr_handlers; i++) {
-		err = -pthread_create(&mm->handlers[i], NULL, handler_main, mm);
+		err = uhmm_fi_fail(UHMM_FI_THREAD)
+			      ? -EAGAIN
+			      : -pthread_create(&mm->handlers[i], NULL, handler_main, mm);
 		if (err) {
 			mm->nr_handlers = i;
 			break;

@@ -14,6 +14,11 @@
 #include <uhmm.h>
 #include "stress_util.h"
 
+#ifdef UHMM_FAULT_INJECT
+/* libuhmm's internal counter of injected failures (src/fault_inject.h) */
+uint64_t uhmm_fi_stats(FILE *f);
+#endif
+
 int stress_dax_main(uint64_t seed, double seconds, int verbose);
 
 /* Managed memory: NCHUNK separate mappings ("chunks") of CHUNK_PAGES pages. */
@@ -838,6 +843,9 @@ int main(int argc, char **argv)
 		uhmm_mm_free(g.mm, g.chunks[i].addr, (size_t)g.chunk_pages * ST_PAGE);
 	uhmm_mm_close(g.mm);
 	st_print_tally(stdout, tally, OP_NR);
+#ifdef UHMM_FAULT_INJECT
+	printf("faults injected: %" PRIu64 "\n", uhmm_fi_stats(stdout));
+#endif
 	printf("result: ops %" PRIu64 " bytes_verified %" PRIu64 " mismatches %" PRIu64
 	       " hangs %" PRIu64 " leaks %" PRIu64 " (seed %" PRIu64 ", %.1f s)\n",
 	       atomic_load(&g.ops), atomic_load(&g.bytes), atomic_load(&g.mismatches),
