@@ -816,11 +816,14 @@ int main(int argc, char **argv)
 		if (atomic_load(&g.stop)) {
 			bool all = true;
 
-			for (unsigned int i = 0; i < nth; i++)
+			for (unsigned int i = 0; i < nth; i++) {
+				if (!th[i])
+					continue;	/* joined on an earlier pass */
 				if (pthread_tryjoin_np(th[i], NULL) == 0)
 					th[i] = 0;
-				else if (th[i])
+				else
 					all = false;
+			}
 			if (all)
 				break;
 		}
