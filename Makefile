@@ -17,9 +17,12 @@ SAN       ?=
 WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
              -Wpointer-arith -Wvla -Wformat=2 -Wundef -Wno-unused-parameter
 CPPFLAGS  += -Iinclude -D_GNU_SOURCE
-# make FAULT_INJECT=1 BUILD=build-fi: internal calls fail on the UHMM_FI schedule
+# make FAULT_INJECT=1 BUILD=build-fi: internal calls fail on the UHMM_FI schedule;
+# the library is one partially linked object whose malloc/calloc/realloc calls
+# go through uhmm_fi_*() (fault_inject.c; rule under "Fault injection" below).
 ifeq ($(FAULT_INJECT),1)
 CPPFLAGS  += -DUHMM_FAULT_INJECT
+override LIB_OBJ = $(BUILD)/libuhmm-fi.o
 endif
 CFLAGS    += -std=gnu11 $(OPT) $(WARN) -pthread $(SAN)
 LIBCFLAGS := -fPIC -fvisibility=hidden
@@ -46,9 +49,9 @@ EXAMPLE_SRC := $(sort $(wildcard examples/*.c))
 EXAMPLES  := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
 # Threaded tests that also run under ThreadSanitizer.
-TSAN_TESTS ?= test_pagemap test_resource test_mirror test_migrate test_sim test_kmem
+TSAN_TESTS ?= test_pagemap test_resource test_mirror test_migrate test_sim test_kmem test_errors test_errors_fi test_inthread
 
-.PHONY: all lib tests benches check check-asan check-tsan demo bench install \
+.PHONY: all lib tests benches check check-asan check-tsan demo valgrind bench install \
         abi-check lint clean header-test deps
 all: lib $(PRELOAD) $(CLI) tests benches $(EXAMPLES)
 lib: $(STATIC) $(SHARED)
@@ -119,6 +122,18 @@ demo: deps
 	$(MAKE) $(CLI)
 	$(CLI) demo
 
+# One valgrind memcheck run of the demo; any report fails it. Valgrind runs
+# one thread at a time, so a thread blocked in a userfaultfd fault would keep
+# the handler thread from ever running: the demo runs in in-thread (SIGBUS)
+# mode, with precise registers at memory accesses so the faulting access
+# resumes correctly after uhmm's SIGBUS handler.
+VALGRIND_FLAGS = -q --error-exitcode=99 --leak-check=full \
+	--errors-for-leak-kinds=definite,indirect,possible \
+	--vex-iropt-register-updates=allregs-at-mem-access
+valgrind: deps
+	$(MAKE) $(CLI)
+	valgrind $(VALGRIND_FLAGS) $(CLI) demo --inthread 8
+
 bench: benches
 	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
 
@@ -183,9 +198,49 @@ stress: $(STRESS)
 # The stress run with fault injection: moves, copies, fills, device page
 # allocations fail now and then (UHMM_FI to change it).
 UHMM_FI ?= uffd_move:5%,uffd_copy:3%,uffd_zeropage:3%,page_alloc:5%
+# The dax run: label writes cut short, label msyncs and library mallocs fail.
+UHMM_FI_DAX ?= label_write:5%,label_sync:5%,malloc:1%
 stress-fi:
 	$(MAKE) FAULT_INJECT=1 BUILD=build-fi build-fi/stress
 	UHMM_FI='$(UHMM_FI)' build-fi/stress --duration $(SECONDS)
+	UHMM_FI='$(UHMM_FI_DAX)' build-fi/stress --dax --duration $(SECONDS)
+
+# Fault injection: the library's own malloc/calloc/realloc references are
+# renamed to uhmm_fi_*() in one partially linked object (fault_inject.c keeps
+# the real ones; tests and libc are not touched). FAULT_INJECT=1 builds use it
+# as LIB_OBJ; every build also makes $(FI_STATIC), which test_errors_fi links.
+OBJCOPY  ?= objcopy
+FI_REDEF := --redefine-sym malloc=uhmm_fi_malloc --redefine-sym calloc=uhmm_fi_calloc \
+            --redefine-sym realloc=uhmm_fi_realloc
+define fi_relink
+$(LD) -r -o $@.tmp $(filter-out %/fault_inject.o,$^)
+$(OBJCOPY) $(FI_REDEF) $@.tmp
+$(LD) -r -o $@ $@.tmp $(filter %/fault_inject.o,$^)
+@rm -f $@.tmp
+endef
+
+$(BUILD)/libuhmm-fi.o: $(LIB_SRC:src/%.c=$(BUILD)/src/%.o)
+	$(fi_relink)
+
+FI_DIR    := $(BUILD)/fi
+FI_STATIC := $(FI_DIR)/libuhmm.a
+
+$(FI_DIR)/src/%.o: src/%.c $(wildcard src/*.h) $(wildcard include/uhmm/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -DUHMM_FAULT_INJECT $(CFLAGS) $(LIBCFLAGS) -c -o $@ $<
+
+$(FI_DIR)/libuhmm-fi.o: $(LIB_SRC:src/%.c=$(FI_DIR)/src/%.o)
+	$(fi_relink)
+
+$(FI_STATIC): $(FI_DIR)/libuhmm-fi.o
+	@rm -f $@
+	ar rcs $@ $^
+
+# Allocation and thread failures of the public API (docs/errors.md "-" rows).
+$(BUILD)/tests/test_errors_fi: tests/unit/test_errors_fi.c $(TUTIL_OBJ) $(FI_STATIC) tests/t_util.h
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -DUHMM_FAULT_INJECT -Itests -Isrc $(CFLAGS) -o $@ $< $(TUTIL_OBJ) \
+		$(FI_STATIC) $(LDFLAGS) $(CHECK_LIBS) $(LIBS)
 
 # Fuzz targets (tests/fuzz/fuzz_*.c, each defines LLVMFuzzerTestOneInput).
 # With gcc they link tests/fuzz/replay.c, which replays tests/fuzz/corpus/<target>/
@@ -219,11 +274,14 @@ fuzz-build:
 # Runs each target for SECONDS in a scratch corpus seeded from the committed one.
 fuzz: fuzz-build
 	@for t in $(FUZZ_NAMES); do \
+		rm -rf $(FUZZ_BUILD)/crashes/$$t; \
 		mkdir -p $(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/crashes/$$t; \
 		cp -n tests/fuzz/corpus/$$t/* $(FUZZ_BUILD)/corpus/$$t/ 2>/dev/null; \
 		echo "== $$t ($(SECONDS) s)"; \
 		ASAN_OPTIONS=detect_leaks=1 $(FUZZ_BUILD)/fuzz/$$t -max_total_time=$(SECONDS) -timeout=20 \
 			-print_final_stats=1 -artifact_prefix=$(FUZZ_BUILD)/crashes/$$t/ \
 			$(FUZZ_BUILD)/corpus/$$t tests/fuzz/corpus/$$t -runs=-1 2>&1 | \
-			grep -E "^#[0-9]+.*DONE|stat::number_of_executed_units|stat::new_units_added|cov:|ERROR|SUMMARY|Test unit written|^fuzz_api:|parse_size" | tail -n 8 || exit 1; \
+			grep -E "^#[0-9]+.*DONE|stat::number_of_executed_units|stat::new_units_added|cov:|ERROR|SUMMARY|Test unit written|^fuzz_api:|parse_size" | tail -n 8; \
+		if [ -n "$$(ls -A $(FUZZ_BUILD)/crashes/$$t)" ]; then \
+			echo "fuzz: $$t failed, inputs in $(FUZZ_BUILD)/crashes/$$t/"; exit 1; fi; \
 	done

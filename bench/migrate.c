@@ -174,17 +174,46 @@ struct env {
 	struct uhmm_sim *sim;
 	char *p;
 	size_t n;
+	char *raw;		/* THP-backed: the mapping behind p */
+	size_t raw_len;
 };
 
-static int env_open_path(struct env *e, unsigned int spin, size_t n, int copy)
+/* 2 MiB-aligned memory filled as transparent huge pages, then managed. */
+static int env_thp(struct env *e, size_t n)
 {
-	UHMM_OPTS(mm_opts, mo, .spin_usec = spin);
+	size_t len = n * PG, huge = 2UL << 20;
+
+	e->raw_len = len + huge;
+	e->raw = mmap(NULL, e->raw_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		      -1, 0);
+	if (e->raw == MAP_FAILED)
+		return -ENOMEM;
+	e->p = (char *)(((uintptr_t)e->raw + huge - 1) & ~(uintptr_t)(huge - 1));
+	madvise(e->p, len, MADV_HUGEPAGE);
+	memset(e->p, 0x5a, len);
+	return uhmm_mm_manage(e->mm, e->p, len);
+}
+
+/* fault-handling modes measured */
+enum { MODE_BLOCKED, MODE_SPIN, MODE_INTHREAD, NR_MODES };
+static const char *const mode_name[NR_MODES] = {
+	"handler thread blocked (spin 0)", "handler spinning (spin_usec 200)",
+	"in-thread (UHMM_MM_INTHREAD)",
+};
+
+static int env_open_path(struct env *e, int mode, size_t n, int copy, int thp)
+{
+	UHMM_OPTS(mm_opts, mo, .spin_usec = mode == MODE_SPIN ? 200 : 0,
+		  .flags = mode == MODE_INTHREAD ? UHMM_MM_INTHREAD : 0);
 	UHMM_OPTS(sim_opts, so, .mem_type = UHMM_SIM_PRIVATE, .capacity_pages = n,
 		  .copy_path = copy);
 	int err;
 
 	e->n = n;
+	e->raw = NULL;
 	err = uhmm_mm_open(&e->mm, &mo);
+	if (!err && thp)
+		return env_thp(e, n) ?: uhmm_sim_create(e->mm, &so, &e->sim);
 	if (!err)
 		err = uhmm_mm_alloc(e->mm, n * PG, 0, (void **)&e->p);
 	if (!err)
@@ -194,25 +223,30 @@ static int env_open_path(struct env *e, unsigned int spin, size_t n, int copy)
 	return err;
 }
 
-static int env_open(struct env *e, unsigned int spin, size_t n)
+static int env_open(struct env *e, int mode, size_t n)
 {
-	return env_open_path(e, spin, n, 0);
+	return env_open_path(e, mode, n, 0, 0);
 }
 
 static void env_close(struct env *e)
 {
 	uhmm_sim_destroy(e->sim);
-	uhmm_mm_free(e->mm, e->p, e->n * PG);
+	if (e->raw) {
+		uhmm_mm_unmanage(e->mm, e->p, e->n * PG);
+		munmap(e->raw, e->raw_len);
+	} else {
+		uhmm_mm_free(e->mm, e->p, e->n * PG);
+	}
 	uhmm_mm_close(e->mm);
 }
 
 /* CPU fault-back latency of one device-private page (one thread reads). */
-static double uhmm_faultback_ns(unsigned int spin)
+static double uhmm_faultback_ns(int mode)
 {
 	struct env e;
 	double v[64];
 
-	if (env_open(&e, spin, LAT_PAGES))
+	if (env_open(&e, mode, LAT_PAGES))
 		return -1;
 	for (int r = 0; r < reps; r++) {
 		uint64_t t0;
@@ -229,7 +263,7 @@ static double uhmm_faultback_ns(unsigned int spin)
 }
 
 /* migrate_to_dev bandwidth (GB/s) and memcpy of the same size. */
-static void bandwidth(double *mig, double *cpy, int copy)
+static void bandwidth(double *mig, double *cpy, int copy, int thp)
 {
 	struct env e;
 	double v[64], w[64];
@@ -237,7 +271,7 @@ static void bandwidth(double *mig, double *cpy, int copy)
 	char *a = malloc(len), *b = malloc(len);
 
 	*mig = *cpy = -1;
-	if (!a || !b || env_open_path(&e, 0, BW_PAGES, copy))
+	if (!a || !b || env_open_path(&e, 0, BW_PAGES, copy, thp))
 		return;
 	memset(a, 1, len);
 	memset(b, 2, len);
@@ -277,12 +311,12 @@ static void *toucher_main(void *arg)
 }
 
 /* Fault-back throughput (pages/s) with @nthr application threads. */
-static double throughput(unsigned int spin, int nthr)
+static double throughput(int mode, int nthr)
 {
 	struct env e;
 	double v[64];
 
-	if (env_open(&e, spin, LAT_PAGES))
+	if (env_open(&e, mode, LAT_PAGES))
 		return -1;
 	for (int r = 0; r < reps; r++) {
 		pthread_t th[2];
@@ -312,9 +346,8 @@ static double throughput(unsigned int spin, int nthr)
 
 int main(void)
 {
-	double sig, thr, u0, u200, mig, cpy, mv, cpy2;
-	double tp[2][2];
-	unsigned int spins[2] = { 0, 200 };
+	double sig, thr, fb[NR_MODES], mig, cpy, mv, cpy2, mvh, cpy3;
+	double tp[NR_MODES][2];
 
 	reps = bench_reps(5);
 	if (reps > 64)
@@ -323,38 +356,44 @@ int main(void)
 	memset(src_page, 0x5a, PG);
 	sig = bare_sigbus_ns();
 	thr = bare_thread_ns();
-	u0 = uhmm_faultback_ns(0);
-	u200 = uhmm_faultback_ns(200);
-	bandwidth(&mig, &cpy, 1);
-	bandwidth(&mv, &cpy2, 0);
-	for (int s = 0; s < 2; s++)
+	for (int m = 0; m < NR_MODES; m++)
+		fb[m] = uhmm_faultback_ns(m);
+	bandwidth(&mig, &cpy, 1, 0);
+	bandwidth(&mv, &cpy2, 0, 0);
+	bandwidth(&mvh, &cpy3, 0, 1);
+	for (int m = 0; m < NR_MODES; m++)
 		for (int n = 1; n <= 2; n++)
-			tp[s][n - 1] = throughput(spins[s], n);
+			tp[m][n - 1] = throughput(m, n);
 
 	printf("bench/migrate: medians of %d reps, 4 KiB pages\n", reps);
-	printf("%-52s %14s %10s\n", "measurement", "value", "ratio");
-	printf("%-52s %11.2f us %10s\n",
+	printf("%-60s %14s %10s\n", "measurement", "value", "ratio");
+	printf("%-60s %11.2f us %10s\n",
 	       "bare uffd MISSING+COPY, SIGBUS mode (in-thread)", sig / 1e3, "1.00x");
-	printf("%-52s %11.2f us %9.2fx\n",
+	printf("%-60s %11.2f us %9.2fx\n",
 	       "bare uffd MISSING+COPY, handler thread blocked", thr / 1e3, thr / sig);
-	printf("%-52s %11.2f us %9.2fx\n",
-	       "uhmm fault-back, handler thread blocked (spin 0)", u0 / 1e3, u0 / sig);
-	printf("%-52s %11.2f us %9.2fx\n",
-	       "uhmm fault-back, handler spinning (spin_usec 200)", u200 / 1e3, u200 / sig);
-	printf("%-52s %9.2f GB/s %10s\n", "memcpy 32 MiB", cpy, "1.00x");
-	printf("%-52s %9.2f GB/s %9.2fx\n", "uhmm sim migrate_to_dev 32 MiB (copy path)", mig,
-	       mig / cpy);
-	printf("%-52s %9.2f GB/s %10s\n", "memcpy 32 MiB (second sample)", cpy2, "1.00x");
-	printf("%-52s %9.2f GB/s %9.2fx\n", "uhmm sim migrate_to_dev 32 MiB (move path)", mv,
-	       mv / cpy2);
-	for (int s = 0; s < 2; s++)
-		for (int n = 1; n <= 2; n++) {
-			char name[80];
+	for (int m = 0; m < NR_MODES; m++) {
+		char name[96];
 
-			snprintf(name, sizeof(name), "uhmm fault-back throughput, %d thread%s, spin %u",
-				 n, n > 1 ? "s" : "", spins[s]);
-			printf("%-52s %8.0f pg/s %9.2fx\n", name, tp[s][n - 1],
-			       tp[s][n - 1] / tp[s][0]);
+		snprintf(name, sizeof(name), "uhmm fault-back, %s", mode_name[m]);
+		printf("%-60s %11.2f us %9.2fx\n", name, fb[m] / 1e3, fb[m] / sig);
+	}
+	printf("%-60s %9.2f GB/s %10s\n", "memcpy 32 MiB", cpy, "1.00x");
+	printf("%-60s %9.2f GB/s %9.2fx\n", "uhmm sim migrate_to_dev 32 MiB (copy path)", mig,
+	       mig / cpy);
+	printf("%-60s %9.2f GB/s %10s\n", "memcpy 32 MiB (second sample)", cpy2, "1.00x");
+	printf("%-60s %9.2f GB/s %9.2fx\n", "uhmm sim migrate_to_dev 32 MiB (move path)", mv,
+	       mv / cpy2);
+	printf("%-60s %9.2f GB/s %10s\n", "memcpy 32 MiB (third sample)", cpy3, "1.00x");
+	printf("%-60s %9.2f GB/s %9.2fx\n", "uhmm sim migrate_to_dev 32 MiB (move path, THPs)",
+	       mvh, mvh / cpy3);
+	for (int m = 0; m < NR_MODES; m++)
+		for (int n = 1; n <= 2; n++) {
+			char name[96];
+
+			snprintf(name, sizeof(name), "fault-back throughput, %d thr, %s", n,
+				 mode_name[m]);
+			printf("%-60s %8.0f pg/s %9.2fx\n", name, tp[m][n - 1],
+			       tp[m][n - 1] / tp[m][0]);
 		}
 	printf("target: fault-back <= 1.5x the in-thread baseline; copy path >= 0.9x memcpy; move path >= 5x memcpy\n");
 	return 0;

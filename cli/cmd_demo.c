@@ -37,7 +37,9 @@ static long verify(const uint64_t *p, size_t words, uint64_t split, uint64_t gen
 
 int cli_cmd_demo(int argc, char **argv)
 {
-	size_t mib = argc > 1 ? strtoul(argv[1], NULL, 0) : 64;
+	bool inthread = argc > 1 && !strcmp(argv[1], "--inthread");
+	UHMM_OPTS(mm_opts, mo, .flags = inthread ? UHMM_MM_INTHREAD : 0);
+	size_t mib = argc > 1 + inthread ? strtoul(argv[1 + inthread], NULL, 0) : 64;
 	size_t len = mib << 20, npages = len / PAGE, words = len / 8;
 	struct uhmm_sim_counters sc;
 	struct uhmm_mm_stat st;
@@ -49,11 +51,11 @@ int cli_cmd_demo(int argc, char **argv)
 	long bad;
 	int err, moved;
 
-	if (!mib || mib > 4096) {
-		fprintf(stderr, "usage: uhmm demo [MiB (1..4096, default 64)]\n");
+	if (!mib || mib > 4096 || argc > 2 + inthread) {
+		fprintf(stderr, "usage: uhmm demo [--inthread] [MiB (1..4096, default 64)]\n");
 		return CLI_USAGE;
 	}
-	err = uhmm_mm_open(&mm, NULL);
+	err = uhmm_mm_open(&mm, &mo);
 	if (err) {
 		cli_error("demo", "mm", err);
 		return CLI_FAIL;
@@ -116,7 +118,8 @@ int cli_cmd_demo(int argc, char **argv)
 	uhmm_sim_counters(sim, &sc);
 	uhmm_mm_stat(mm, &st);
 
-	printf("uhmm demo: %zu MiB managed, simulated device-private memory\n", mib);
+	printf("uhmm demo: %zu MiB managed, simulated device-private memory, faults %s\n",
+	       mib, inthread ? "in-thread (SIGBUS mode)" : "on a handler thread");
 	printf("%-34s %10s %10s %12s\n", "step", "pages", "ms", "GB/s");
 	printf("%-34s %10zu %10.2f %12.2f\n", "CPU first touch (managed fill)",
 	       npages, t_fill * 1e3, len / t_fill / 1e9);

@@ -2,7 +2,7 @@
 # Install the Debian packages uhmm needs to build and test, when missing.
 # Called by `make check` and `make demo`; a no-op once everything is present.
 set -eu
-pkgs=(build-essential pkg-config check libsubunit-dev libjson-c-dev libmimalloc-dev libjemalloc-dev)
+pkgs=(build-essential pkg-config check libsubunit-dev libjson-c-dev libmimalloc-dev libjemalloc-dev valgrind)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -96,6 +96,21 @@ struct procmap_query {
 #define PROCMAP_QUERY _IOWR('f', 17, struct procmap_query)
 #endif
 
+/*
+ * Valgrind knows neither PAGEMAP_SCAN nor PROCMAP_QUERY: tell memcheck what
+ * the kernel wrote. Outside valgrind the client request is a few no-op
+ * instructions; without the header it is nothing.
+ */
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define UHMM_KERNEL_WROTE(p, len) ((void)VALGRIND_MAKE_MEM_DEFINED((p), (len)))
+#endif
+#endif
+#ifndef UHMM_KERNEL_WROTE
+#define UHMM_KERNEL_WROTE(p, len) ((void)(p), (void)(len))
+#endif
+
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
 #define MADV_POPULATE_WRITE 23

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include "dax_internal.h"
+#include "fault_inject.h"
 
 #define DAX_MAGIC "UHMMDAX"
 #define DAX_VERSION 1
@@ -327,11 +328,12 @@ int uhmm_dax_label_read(const uint8_t *area, struct dax_layout **out)
 
 /*
  * Write @lay with seq + 1 into the block not holding the current label, so
- * an interrupted write leaves the current one intact. @lay->seq is updated.
+ * an interrupted write leaves the current one intact. @lay->seq is updated
+ * on success only; on failure the current label stays the newest valid one.
  */
 int uhmm_dax_label_write(uint8_t *area, struct dax_layout *lay, bool sync)
 {
-	struct dax_label_hdr h;
+	struct dax_label_hdr h, old;
 	struct dax_label_dev *ld;
 	struct dax_label_range *lr;
 	uint32_t nr_range = 0, ri = 0;
@@ -383,10 +385,33 @@ int uhmm_dax_label_write(uint8_t *area, struct dax_layout *lay, bool sync)
 	h.checksum = label_sum(buf, need);
 	memcpy(buf + offsetof(struct dax_label_hdr, checksum), &h.checksum, 8);
 	blk = area + (h.seq & 1) * DAX_LABEL_BLOCK;
-	memcpy(blk, buf, need);
+	/*
+	 * The header is the commit point: body first, header last. A write cut
+	 * short leaves the block's old header, whose checksum then fails (or
+	 * which is exactly the older label, and loses on seq).
+	 */
+	memcpy(&old, blk, sizeof(old));
+	if (uhmm_fi_fail(UHMM_FI_LABEL_WRITE)) {
+		/* as if the process died or the device failed mid-body */
+		memcpy(blk + sizeof(h), buf + sizeof(h), (need - sizeof(h)) / 2);
+		free(buf);
+		return -uhmm_fi_errno(UHMM_FI_LABEL_WRITE, EIO);
+	}
+	memcpy(blk + sizeof(h), buf + sizeof(h), need - sizeof(h));
+	memcpy(blk, buf, sizeof(h));
 	free(buf);
-	if (sync && msync(blk, DAX_LABEL_BLOCK, MS_SYNC))
-		return -errno;
+	if (sync) {
+		if (uhmm_fi_fail(UHMM_FI_LABEL_SYNC))
+			ret = -uhmm_fi_errno(UHMM_FI_LABEL_SYNC, EIO);
+		else if (msync(blk, DAX_LABEL_BLOCK, MS_SYNC))
+			ret = -errno;
+		if (ret) {
+			/* Not durable, so not written: no opener may trust it. */
+			memcpy(blk, &old, sizeof(old));
+			msync(blk, DAX_LABEL_BLOCK, MS_SYNC);
+			return ret;
+		}
+	}
 	lay->seq = h.seq;
 	return 0;
 }

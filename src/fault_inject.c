@@ -11,10 +11,11 @@
 
 enum fi_kind { FI_OFF, FI_EVERY, FI_AFTER, FI_ONCE, FI_PERCENT };
 
+/* Atomic (relaxed): tests reconfigure while handler threads run hooks. */
 struct fi_rule {
-	enum fi_kind kind;
-	uint64_t n;		/* N, or percent */
-	int err;		/* 0: the site's natural errno */
+	_Atomic int kind;	/* enum fi_kind */
+	_Atomic uint64_t n;	/* N, or percent */
+	_Atomic int err;	/* 0: the site's natural errno */
 	_Atomic uint64_t calls;
 	_Atomic uint64_t injected;
 };
@@ -50,7 +51,11 @@ static int fi_parse_errno(const char *s)
 static void fi_parse_one(char *item)
 {
 	char *site = strtok(item, ":"), *spec = strtok(NULL, ":"), *err = strtok(NULL, ":");
-	struct fi_rule r = { 0 };
+	struct {
+		enum fi_kind kind;
+		uint64_t n;
+		int err;
+	} r = { FI_OFF, 0, 0 };
 
 	if (!site || !spec)
 		return;
@@ -67,18 +72,18 @@ static void fi_parse_one(char *item)
 	r.err = err ? fi_parse_errno(err) : 0;
 	for (int i = 0; i < UHMM_FI_NR; i++)
 		if (!strcmp(site, "all") || !strcmp(site, fi_names[i])) {
-			fi_rules[i].kind = r.kind;
-			fi_rules[i].n = r.n;
-			fi_rules[i].err = r.err;
+			atomic_store_explicit(&fi_rules[i].n, r.n, memory_order_relaxed);
+			atomic_store_explicit(&fi_rules[i].err, r.err, memory_order_relaxed);
+			atomic_store_explicit(&fi_rules[i].kind, (int)r.kind, memory_order_relaxed);
 		}
 }
 
-void uhmm_fi_configure(const char *spec)
+static void fi_parse(const char *spec)
 {
 	char *copy, *save = NULL;
 
 	for (int i = 0; i < UHMM_FI_NR; i++) {
-		fi_rules[i].kind = FI_OFF;
+		atomic_store_explicit(&fi_rules[i].kind, FI_OFF, memory_order_relaxed);
 		atomic_store(&fi_rules[i].calls, 0);
 		atomic_store(&fi_rules[i].injected, 0);
 	}
@@ -97,7 +102,14 @@ void uhmm_fi_configure(const char *spec)
 
 static void fi_init(void)
 {
-	uhmm_fi_configure(getenv("UHMM_FI"));
+	fi_parse(getenv("UHMM_FI"));
+}
+
+void uhmm_fi_configure(const char *spec)
+{
+	/* UHMM_FI first, so it cannot replace @spec at the first hook */
+	pthread_once(&fi_once, fi_init);
+	fi_parse(spec);
 }
 
 static uint64_t fi_next_random(void)
@@ -112,21 +124,24 @@ static uint64_t fi_next_random(void)
 bool uhmm_fi_fail(enum uhmm_fi_site site)
 {
 	struct fi_rule *r;
-	uint64_t call;
+	uint64_t call, n;
 	bool fail = false;
+	int kind;
 
 	pthread_once(&fi_once, fi_init);
 	if ((unsigned int)site >= UHMM_FI_NR)
 		return false;
 	r = &fi_rules[site];
-	if (r->kind == FI_OFF)
+	kind = atomic_load_explicit(&r->kind, memory_order_relaxed);
+	if (kind == FI_OFF)
 		return false;
+	n = atomic_load_explicit(&r->n, memory_order_relaxed);
 	call = atomic_fetch_add_explicit(&r->calls, 1, memory_order_relaxed) + 1;
-	switch (r->kind) {
-	case FI_EVERY: fail = call % r->n == 0; break;
-	case FI_AFTER: fail = call > r->n; break;
-	case FI_ONCE: fail = call == r->n; break;
-	case FI_PERCENT: fail = fi_next_random() % 100 < r->n; break;
+	switch (kind) {
+	case FI_EVERY: fail = n && call % n == 0; break;
+	case FI_AFTER: fail = call > n; break;
+	case FI_ONCE: fail = call == n; break;
+	case FI_PERCENT: fail = fi_next_random() % 100 < n; break;
 	default: break;
 	}
 	if (fail)
@@ -136,9 +151,16 @@ bool uhmm_fi_fail(enum uhmm_fi_site site)
 
 int uhmm_fi_errno(enum uhmm_fi_site site, int natural)
 {
-	if ((unsigned int)site >= UHMM_FI_NR || !fi_rules[site].err)
+	int err;
+
+	if ((unsigned int)site >= UHMM_FI_NR)
 		return natural;
-	return fi_rules[site].err;
+	err = atomic_load_explicit(&fi_rules[site].err, memory_order_relaxed);
+	if (!err)
+		return natural;
+	/* the schedule names a positive errno: give it the caller's sign */
+	err = err < 0 ? -err : err;
+	return natural < 0 ? -err : err;
 }
 
 uint64_t uhmm_fi_stats(FILE *f)
@@ -155,6 +177,34 @@ uint64_t uhmm_fi_stats(FILE *f)
 				(unsigned long long)c, (unsigned long long)n);
 	}
 	return total;
+}
+
+/* Not renamed here: these call the real allocator. */
+void *uhmm_fi_malloc(size_t size)
+{
+	if (uhmm_fi_fail(UHMM_FI_MALLOC)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return malloc(size);
+}
+
+void *uhmm_fi_calloc(size_t nmemb, size_t size)
+{
+	if (uhmm_fi_fail(UHMM_FI_MALLOC)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return calloc(nmemb, size);
+}
+
+void *uhmm_fi_realloc(void *ptr, size_t size)
+{
+	if (uhmm_fi_fail(UHMM_FI_MALLOC)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return realloc(ptr, size);
 }
 #else
 /* ISO C forbids an empty translation unit. */

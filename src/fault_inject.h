@@ -28,6 +28,7 @@
 #define UHMM_FAULT_INJECT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include "internal.h"
@@ -51,12 +52,21 @@ enum uhmm_fi_site {
 #ifdef UHMM_FAULT_INJECT
 /* True when this call of @site must fail. Thread-safe, lock-free. */
 UHMM_HIDDEN bool uhmm_fi_fail(enum uhmm_fi_site site);
-/* The errno to report for @site: the schedule's, else @natural. */
+/* The errno to report for @site: the schedule's (with @natural's sign), else @natural. */
 UHMM_HIDDEN int uhmm_fi_errno(enum uhmm_fi_site site, int natural);
 /* Re-read UHMM_FI (tests change it between cases); resets the counters. */
 UHMM_HIDDEN void uhmm_fi_configure(const char *spec);
 /* Print "site calls injected" per site to @f; returns failures injected. */
 UHMM_HIDDEN uint64_t uhmm_fi_stats(FILE *f);
+/*
+ * The library's own malloc/calloc/realloc: a FAULT_INJECT build renames the
+ * library objects' references to these (objcopy --redefine-sym, see the
+ * Makefile), so tests, libc and this file keep the real allocator. They
+ * return NULL with errno ENOMEM when the "malloc" site fails.
+ */
+UHMM_HIDDEN void *uhmm_fi_malloc(size_t size);
+UHMM_HIDDEN void *uhmm_fi_calloc(size_t nmemb, size_t size);
+UHMM_HIDDEN void *uhmm_fi_realloc(void *ptr, size_t size);
 #else
 static inline bool uhmm_fi_fail(enum uhmm_fi_site site)
 {

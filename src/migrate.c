@@ -17,6 +17,7 @@ struct mig_ctl {
 	uint64_t dstbuf_pages;
 	struct uhmm_page **devpage;	/* device sources (entry's reference) */
 	struct uhmm_page **dstpage;	/* device destinations, looked up once */
+	struct uhmm_page **put;		/* references finalize drops (2n) */
 	bool *placed;			/* data already where it belongs */
 	bool write_ok;			/* vma writable */
 } __attribute__((aligned(8)));
@@ -67,8 +68,9 @@ static uint8_t *stage_get(struct uhmm_mm *mm, uint64_t n, uint64_t *pages)
 	mm_unlock(mm);
 	if (p)
 		return p;
-	*pages = UHMM_MAX(n, (uint64_t)STAGE_MIN_PAGES);
-	if (uhmm_mm_alloc(mm, *pages * PG, 0, &p))
+	*pages = UHMM_ALIGN_UP(UHMM_MAX(n, (uint64_t)STAGE_MIN_PAGES), (uint64_t)STAGE_MIN_PAGES);
+	/* 2 MiB-aligned: a whole THP of the process moves in as one PMD */
+	if (uhmm_mm_alloc(mm, *pages * PG, UHMM_ALLOC_HUGE, &p))
 		return NULL;
 	return p;
 }
@@ -170,8 +172,32 @@ static void ctl_free(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t n)
 		dstbuf_put(mm, c->dstbuf, c->dstbuf_pages);
 	free(c->devpage);
 	free(c->dstpage);
+	free(c->put);
 	free(c->placed);
 	free(c);
+}
+
+/* Everything a migration needs, allocated up front: past setup nothing can
+ * fail for want of memory (a lost reference or a page left behind). */
+static struct mig_ctl *ctl_alloc(uint64_t n)
+{
+	struct mig_ctl *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	c->devpage = calloc(n, sizeof(*c->devpage));
+	c->dstpage = calloc(n, sizeof(*c->dstpage));
+	c->put = calloc(2 * n, sizeof(*c->put));
+	c->placed = calloc(n, sizeof(*c->placed));
+	if (!c->devpage || !c->dstpage || !c->put || !c->placed) {
+		free(c->devpage);
+		free(c->dstpage);
+		free(c->put);
+		free(c->placed);
+		free(c);
+		return NULL;
+	}
+	return c;
 }
 
 /*
@@ -194,7 +220,7 @@ static bool retry_unshared(struct uhmm_mm *mm, struct mig_ctl *c,
 		uhmm_ent_set(mm, v, a, 0);
 	mm_unlock(mm);
 	uhmm_uffd_wake(mm, a, PG);
-	if (madvise((void *)(uintptr_t)a, PG, MADV_POPULATE_WRITE))
+	if (uhmm_uffd_populate(mm, a, PG, true))
 		return false;
 	mm_lock(mm);
 	v = uhmm_vma_find(mm, a);
@@ -215,7 +241,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	struct mig_ctl *c;
 	struct mm_vma *v;
 	struct vma_info vi;
-	uint64_t n, nsys = 0;
+	uint64_t n;
 	bool sys_ok;
 	int err;
 
@@ -238,18 +264,29 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		if (err || vi.start > m->start || vi.end < m->end)
 			return -EINVAL;
 	}
-	c = calloc(1, sizeof(*c));
+	c = ctl_alloc(n);
 	if (!c)
 		return -ENOMEM;
 	c->m = m;
 	c->write_ok = vi.prot & PROT_WRITE;
-	c->devpage = calloc(n, sizeof(*c->devpage));
-	c->placed = calloc(n, sizeof(*c->placed));
-	if (!c->devpage || !c->placed) {
-		free(c->devpage);
-		free(c->placed);
-		free(c);
-		return -ENOMEM;
+	/*
+	 * System pages need the range's entry table and a staging area: get
+	 * both before any page is taken, so that running short of memory
+	 * fails the whole call (-ENOMEM) instead of silently migrating less.
+	 */
+	err = 0;
+	if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM) {
+		mm_lock(mm);
+		v = uhmm_vma_find(mm, m->start);
+		if (v && v->kind == VMA_ANON && !uhmm_vma_ent(v, m->start, true))
+			err = -ENOMEM;
+		mm_unlock(mm);
+		if (!err && !(c->stage = stage_get(mm, n, &c->stage_pages)))
+			err = -ENOMEM;
+		if (err) {
+			ctl_free(mm, c, n);
+			return err;
+		}
 	}
 	memset(m->src, 0, n * sizeof(*m->src));
 	memset(m->dst, 0, n * sizeof(*m->dst));
@@ -263,15 +300,13 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	if (!v || v->end < m->end || v->kind == VMA_INTERNAL) {
 		mm_unlock(mm);
 		uhmm_mm_migration_end(mm, m->flags & UHMM_MIGRATE_SELECT_SYSTEM);
-		free(c->devpage);
-		free(c->placed);
-		free(c);
+		ctl_free(mm, c, n);
 		m->priv = NULL;
 		return -EINVAL;
 	}
 	/* UFFDIO_MOVE needs a writable private anonymous source. */
 	sys_ok = (m->flags & UHMM_MIGRATE_SELECT_SYSTEM) && v->kind == VMA_ANON &&
-		 c->write_ok && (mm->features & UHMM_FEAT_MOVE);
+		 c->write_ok && (mm->features & UHMM_FEAT_MOVE) && c->stage;
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t *pe = uhmm_vma_ent(v, VA(m, i), false);
 		uint64_t e = pe ? *pe : 0;
@@ -292,13 +327,10 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 				continue;
 			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
 			uhmm_ent_set(mm, v, VA(m, i), ENT_MAKE(c, ENT_MIGRATING, 0));
-			nsys++;
 		}
 	}
 	mm_unlock(mm);
 
-	if (nsys)
-		c->stage = stage_get(mm, n, &c->stage_pages);
 	uhmm_invalidate_start(mm, UHMM_EVENT_MIGRATE, m->start, m->end,
 			      m->pgmap_owner, 0);
 	/* Take the system pages away from the CPU, run by run. */
@@ -338,15 +370,17 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		i = j;
 	}
 	uhmm_invalidate_end(mm);
-	if (c->stage) {
-		unsigned char *vec = malloc(n);
+	/* Which sources hold data (the rest were holes: zero pages). */
+	for (uint64_t off = 0; c->stage && off < n; off += 512) {
+		unsigned char vec[512];
+		uint64_t k = UHMM_MIN(512, n - off);
 
-		if (vec && mincore(c->stage, n * PG, vec) == 0)
-			for (uint64_t i = 0; i < n; i++)
-				if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
-				    !(m->src[i] & UHMM_MIGRATE_PFN_DEVICE) && (vec[i] & 1))
-					m->src[i] |= UHMM_MIGRATE_PFN_VALID;
-		free(vec);
+		if (mincore(c->stage + off * PG, k * PG, vec))
+			memset(vec, 1, k);	/* cannot tell: none is a hole */
+		for (uint64_t i = off; i < off + k; i++)
+			if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
+			    !(m->src[i] & UHMM_MIGRATE_PFN_DEVICE) && (vec[i - off] & 1))
+				m->src[i] |= UHMM_MIGRATE_PFN_VALID;
 	}
 	for (uint64_t i = 0; i < n; i++) {
 		if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) && c->write_ok &&
@@ -516,9 +550,6 @@ static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 {
 	struct uhmm_mm *mm = m->mm;
 
-	c->dstpage = calloc(m->npages, sizeof(*c->dstpage));
-	if (!c->dstpage)
-		return;		/* finalize copies nothing; pages stay */
 	for (uint64_t i = 0; i < m->npages; i++)
 		if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
 		    (m->dst[i] & UHMM_MIGRATE_PFN_DEVICE))
@@ -612,7 +643,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	if (!m || !(c = m->priv))
 		return -EINVAL;
 	mm = m->mm;
-	put = calloc(m->npages * 2, sizeof(*put));
+	put = c->put;
 	/*
 	 * A MADV_DONTNEED the handler has read but not applied yet has resumed
 	 * and zapped nothing (the pages were isolated): let the handler apply it
@@ -631,8 +662,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		/* without uhmm_migrate_pages(), dst[] is unchecked: a system
 		 * source needs a real device page, a device source system memory */
 		if (migrate && !c->devpage[i])
-			migrate = (d & UHMM_MIGRATE_PFN_DEVICE) && c->dstpage &&
-				  c->dstpage[i];
+			migrate = (d & UHMM_MIGRATE_PFN_DEVICE) && c->dstpage[i];
 		else if (migrate)
 			migrate = !(d & UHMM_MIGRATE_PFN_DEVICE);
 		if (migrate && (d & UHMM_MIGRATE_PFN_MOVE) && !c->placed[i])
@@ -647,9 +677,9 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 			/* not ours, or unmapped/dropped meanwhile: data is gone */
 			if (migrate && (d & UHMM_MIGRATE_PFN_DEVICE))
 				dpg = c->dstpage[i];
-			if (dpg && put)
+			if (dpg)
 				put[nput++] = dpg;
-			if (c->devpage[i] && put)
+			if (c->devpage[i])
 				put[nput++] = c->devpage[i];
 			continue;
 		}
@@ -659,8 +689,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 					 uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG,
 							PG, false) == 0))) {
 				uhmm_ent_set(mm, v, VA(m, i), 0);
-				if (put)
-					put[nput++] = c->devpage[i];
+				put[nput++] = c->devpage[i];
 				if (c->devpage[i] == uhmm_wake_defer.fault_page)
 					uhmm_wake_defer.fault_done = true;
 				done++;
@@ -699,7 +728,6 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	}
 	for (uint64_t i = 0; i < nput; i++)
 		uhmm_page_put(put[i]);
-	free(put);
 	ctl_free(mm, c, m->npages);
 	m->priv = NULL;
 	uhmm_mm_migration_end(mm, m->flags & UHMM_MIGRATE_SELECT_SYSTEM);
@@ -794,7 +822,7 @@ int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t start,
 	if (!(vi.prot & PROT_WRITE) || !(mm->features & UHMM_FEAT_MOVE))
 		return -EFAULT;
 	/* Fault in writable first (the handler serves holes). */
-	if (madvise((void *)(uintptr_t)start, end - start, MADV_POPULATE_WRITE))
+	if (uhmm_uffd_populate(mm, start, end - start, true))
 		return -EFAULT;
 	/* like a migration to a device: a fork waits for it, and it for a fork */
 	uhmm_mm_migration_begin(mm, true);

@@ -142,33 +142,35 @@ static void tree_del(struct uhmm_notif_state *ns, struct uhmm_interval_notifier 
 	sub->priv = NULL;
 }
 
-static void tree_query(struct uhmm_notif_state *ns, size_t lo, size_t hi,
+/* Subscriptions overlapping [s, e) into *out; false if it ran out of memory. */
+static bool tree_query(struct uhmm_notif_state *ns, size_t lo, size_t hi,
 		       uint64_t s, uint64_t e, struct uhmm_interval_notifier ***out,
 		       size_t *n, size_t *cap)
 {
 	size_t mid;
 
 	if (lo >= hi)
-		return;
+		return true;
 	mid = lo + (hi - lo) / 2;
 	if (ns->maxend[mid] <= s)
-		return;		/* nothing in this subtree ends after s */
-	tree_query(ns, lo, mid, s, e, out, n, cap);
+		return true;	/* nothing in this subtree ends after s */
+	if (!tree_query(ns, lo, mid, s, e, out, n, cap))
+		return false;
 	if (ns->subs[mid]->start >= e)
-		return;		/* this node and its right subtree start too late */
+		return true;	/* this node and its right subtree start too late */
 	if (ns->subs[mid]->end > s) {
 		if (*n == *cap) {
 			size_t c = *cap ? *cap * 2 : 8;
 			void *p = realloc(*out, c * sizeof(**out));
 
 			if (!p)
-				return;
+				return false;
 			*out = p;
 			*cap = c;
 		}
 		(*out)[(*n)++] = ns->subs[mid];
 	}
-	tree_query(ns, mid + 1, hi, s, e, out, n, cap);
+	return tree_query(ns, mid + 1, hi, s, e, out, n, cap);
 }
 
 static bool push(struct uhmm_interval_notifier ***arr, size_t *n, size_t *cap,
@@ -203,12 +205,21 @@ void uhmm_invalidate_start(struct uhmm_mm *mm, enum uhmm_event ev, uint64_t star
 		build_maxend(ns, 0, ns->n);
 		ns->maxend_stale = false;
 	}
-	tree_query(ns, 0, ns->n, start, end, &hits, &n, &cap);
+	if (!tree_query(ns, 0, ns->n, start, end, &hits, &n, &cap)) {
+		/* No memory for the list: walk every subscription instead (a
+		 * device must never miss an invalidation). */
+		free(hits);
+		hits = NULL;
+		n = ns->n;
+	}
 	pthread_mutex_unlock(&ns->lock);
 	/* The tree cannot change until the last invalidation ends. */
 	tls_in_callback++;
 	for (size_t i = 0; i < n; i++) {
-		struct uhmm_interval_notifier *sub = hits[i];
+		struct uhmm_interval_notifier *sub = hits ? hits[i] : ns->subs[i];
+
+		if (sub->end <= start || sub->start >= end)
+			continue;	/* the walk without a list */
 		struct uhmm_notifier_range r = {
 			.mm = mm,
 			.start = UHMM_MAX(start, sub->start),
@@ -334,9 +345,12 @@ unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *sub)
 
 	pthread_mutex_lock(&ns->lock);
 	seq = __atomic_load_n(&sub->invalidate_seq, __ATOMIC_ACQUIRE);
-	while (seq == ns->seq && (ns->seq & 1)) {
-		pthread_cond_wait(&ns->cond, &ns->lock);
-		seq = __atomic_load_n(&sub->invalidate_seq, __ATOMIC_ACQUIRE);
+	/* Wait only for the invalidation in progress to end, as the kernel
+	 * does: a stream of later ones must not hold the reader forever (its
+	 * read_retry fails and its own loop decides how long to go on). */
+	if (seq == ns->seq && (seq & 1)) {
+		while (ns->seq == seq)
+			pthread_cond_wait(&ns->cond, &ns->lock);
 	}
 	pthread_mutex_unlock(&ns->lock);
 	return seq;
@@ -400,6 +414,8 @@ static int scan_present(struct uhmm_mm *mm, uint64_t start, uint64_t end,
 
 		if (n < 0)
 			return -errno;
+		UHMM_KERNEL_WROTE(&arg, sizeof(arg));
+		UHMM_KERNEL_WROTE(vec, (size_t)n * sizeof(*vec));
 		for (long i = 0; i < n; i++) {
 			uint64_t s = UHMM_MAX(vec[i].start, at);
 
@@ -435,12 +451,7 @@ static void read_frames(struct uhmm_mm *mm, uint64_t start, uint64_t n,
 /* Fault in [a, b) through the CPU fault path (the handler serves it). */
 static int populate(struct uhmm_mm *mm, uint64_t a, uint64_t b, bool write)
 {
-	if (madvise((void *)(uintptr_t)a, b - a,
-		    write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0)
-		return 0;
-	if (errno == EINVAL || errno == ENOMEM || errno == EFAULT)
-		return -EFAULT;
-	return -errno;
+	return uhmm_uffd_populate(mm, a, b - a, write);
 }
 
 /* Pages examined per PAGEMAP_SCAN / pagemap read; scratch stays small and
@@ -640,6 +651,8 @@ static int snapshot_fast(struct uhmm_range *r, struct uhmm_mm *mm)
 
 			if (n < 0)
 				return -errno;
+			UHMM_KERNEL_WROTE(&arg, sizeof(arg));
+			UHMM_KERNEL_WROTE(vec, (size_t)n * sizeof(*vec));
 			for (long i = 0; i < n; i++) {
 				uint64_t s = UHMM_MAX(vec[i].start, at);
 				uint64_t e = UHMM_MIN(vec[i].end, vend);

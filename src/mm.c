@@ -70,6 +70,7 @@ int uhmm_vma_query(struct uhmm_mm *mm, uint64_t addr, struct vma_info *out)
 		return vma_query_maps(addr, out);
 	if (ioctl(mm->maps_fd, PROCMAP_QUERY, &q))
 		return -errno;
+	UHMM_KERNEL_WROTE(&q, sizeof(q));
 	out->start = q.vma_start;
 	out->end = q.vma_end;
 	out->prot = (q.vma_flags & PROCMAP_QUERY_VMA_READABLE ? PROT_READ : 0) |
@@ -406,6 +407,7 @@ static bool mm_overlaps(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 /* device pages seen from the CPU                                          */
 
 __thread struct uhmm_wake_defer uhmm_wake_defer;
+__thread unsigned int uhmm_tls_mm_locked;
 
 int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr, bool write, int tid)
 {
@@ -482,6 +484,14 @@ int uhmm_mm_bring_back(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 			ret = uhmm_device_fault(mm, addr, false, 0);
 		else
 			ret = uhmm_excl_restore(mm, addr);
+		if (ret == -ENOMEM || ret == -EAGAIN) {
+			/* short of memory or racing: a fork must not leave the
+			 * page behind, so wait a little and try again */
+			struct timespec ts = { 0, 1000000 };
+
+			nanosleep(&ts, NULL);
+			continue;
+		}
 		if (ret)
 			return ret;
 		pass = 0;	/* progress: keep going */
@@ -498,17 +508,16 @@ void uhmm_mm_migration_begin(struct uhmm_mm *mm, bool to_device)
 	while (mm->forking && to_device && !tls_forking && !uhmm_uffd_is_handler())
 		pthread_cond_wait(&mm->fork_cond, &mm->lock);
 	mm->migrations++;
-	mm->migrations_to_dev += to_device;
-	pthread_mutex_unlock(&mm->lock);
+	mm_unlock(mm);
 }
 
 void uhmm_mm_migration_end(struct uhmm_mm *mm, bool to_device)
 {
 	mm_lock(mm);
+	(void)to_device;
 	mm->migrations--;
-	mm->migrations_to_dev -= to_device;
 	pthread_cond_broadcast(&mm->fork_cond);
-	pthread_mutex_unlock(&mm->lock);
+	mm_unlock(mm);
 }
 
 static void atfork_prepare(void)
@@ -595,7 +604,7 @@ int uhmm_mm_open(struct uhmm_mm **out, const struct uhmm_mm_opts *uopts)
 		memcpy(&o, uopts, uopts->sz);
 		opts = &o;
 		if (opts->nr_handlers > 16 || opts->spin_usec > 1000000 ||
-		    (opts->flags & ~UHMM_MM_FRAMES))
+		    (opts->flags & ~(UHMM_MM_FRAMES | UHMM_MM_INTHREAD)))
 			return -EINVAL;
 		if (opts->fault_around_pages) {
 			fa = opts->fault_around_pages;
@@ -615,6 +624,7 @@ int uhmm_mm_open(struct uhmm_mm **out, const struct uhmm_mm_opts *uopts)
 	mm->nr_handlers = opts && opts->nr_handlers ? opts->nr_handlers : 1;
 	mm->spin_usec = opts ? opts->spin_usec : 0;
 	mm->frames = opts && (opts->flags & UHMM_MM_FRAMES);
+	mm->inthread = opts && (opts->flags & UHMM_MM_INTHREAD);
 	mm->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	mm->maps_fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	probe_features(mm);
@@ -632,6 +642,11 @@ int uhmm_mm_open(struct uhmm_mm **out, const struct uhmm_mm_opts *uopts)
 	err = uhmm_uffd_start(mm);
 	if (err)
 		goto err_stop;
+	if (mm->inthread) {
+		err = uhmm_uffd_inthread_add(mm);
+		if (err)
+			goto err_stop;
+	}
 	pthread_once(&atfork_once, atfork_register);
 	pthread_mutex_lock(&uhmm_mm_list_lock);
 	mm->next_open = uhmm_mm_list;
@@ -676,6 +691,8 @@ void uhmm_mm_close(struct uhmm_mm *mm)
 		uhmm_uffd_unregister(mm, mm->vmas[i].start,
 				     mm->vmas[i].end - mm->vmas[i].start);
 	mm_unlock(mm);
+	if (mm->inthread)
+		uhmm_uffd_inthread_del(mm);	/* no fault can reach it now */
 	uhmm_uffd_stop(mm);
 	uhmm_notif_fini(mm);
 	/* leftover entries can only be ones whose device refused to return them */
@@ -697,6 +714,18 @@ void uhmm_mm_close(struct uhmm_mm *mm)
 
 /* ---------------------------------------------------------------------- */
 /* manage / alloc                                                           */
+
+int uhmm_mm_populate(struct uhmm_mm *mm, void *addr, size_t len, bool write)
+{
+	uint64_t a = (uint64_t)(uintptr_t)addr;
+
+	if (!mm || !addr || !len || !UHMM_IS_ALIGNED(a, UHMM_PAGE_SIZE) ||
+	    !UHMM_IS_ALIGNED(len, UHMM_PAGE_SIZE) || a + len < a)
+		return -EINVAL;
+	if (uhmm_uffd_is_handler())
+		return -EDEADLK;
+	return uhmm_uffd_populate(mm, a, len, write);
+}
 
 static bool range_ok(const void *addr, size_t len)
 {

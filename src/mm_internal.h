@@ -75,6 +75,7 @@ struct uhmm_mm {
 	unsigned int spin_usec;
 	unsigned int fault_around;	/* pages */
 	bool frames;			/* UHMM_MM_FRAMES */
+	bool inthread;			/* UHMM_MM_INTHREAD: SIGBUS mode */
 	unsigned int nr_handlers;
 	pthread_t *handlers;
 	atomic_bool stop;
@@ -98,7 +99,6 @@ struct uhmm_mm {
 	/* migrations in flight vs fork (see mm.c) */
 	pthread_cond_t fork_cond;	/* under lock */
 	unsigned int migrations;
-	unsigned int migrations_to_dev;	/* fork waits for these to end */
 	bool forking;
 
 	struct uhmm_notif_state *notif;
@@ -157,6 +157,12 @@ UHMM_HIDDEN int uhmm_uffd_register(struct uhmm_mm *mm, uint64_t start,
 UHMM_HIDDEN int uhmm_uffd_unregister(struct uhmm_mm *mm, uint64_t start,
 				     uint64_t len);
 UHMM_HIDDEN int uhmm_uffd_start(struct uhmm_mm *mm);
+/* In-thread (SIGBUS) mode: route SIGBUS on @mm's ranges to its fault path. */
+UHMM_HIDDEN int uhmm_uffd_inthread_add(struct uhmm_mm *mm);
+UHMM_HIDDEN void uhmm_uffd_inthread_del(struct uhmm_mm *mm);
+/* Fault [start, start+len) in through the CPU fault path, in either mode. */
+UHMM_HIDDEN int uhmm_uffd_populate(struct uhmm_mm *mm, uint64_t start,
+				   uint64_t len, bool write);
 UHMM_HIDDEN void uhmm_uffd_stop(struct uhmm_mm *mm);
 UHMM_HIDDEN bool uhmm_uffd_is_handler(void);
 UHMM_HIDDEN void uhmm_uffd_drain(struct uhmm_mm *mm);
@@ -210,19 +216,33 @@ UHMM_HIDDEN extern struct uhmm_mm *uhmm_mm_list;
  * holding it may be waiting for the handler to read an event (UFFDIO_*
  * -EAGAIN while munmap is in flight), so the handler keeps draining the fd.
  */
+/* mm->lock held by this thread (in-thread faults must not wait for it) */
+extern __thread unsigned int uhmm_tls_mm_locked;
+
 static inline void mm_lock(struct uhmm_mm *mm)
 {
 	int tries = 0;
 
 	if (!uhmm_uffd_is_handler()) {
 		pthread_mutex_lock(&mm->lock);
-		return;
+	} else {
+		while (pthread_mutex_trylock(&mm->lock))
+			uhmm_uffd_retry_wait(mm, &tries);
 	}
-	while (pthread_mutex_trylock(&mm->lock))
-		uhmm_uffd_retry_wait(mm, &tries);
+	uhmm_tls_mm_locked++;
+}
+
+/* True when taken; never waits. */
+static inline bool mm_trylock(struct uhmm_mm *mm)
+{
+	if (pthread_mutex_trylock(&mm->lock))
+		return false;
+	uhmm_tls_mm_locked++;
+	return true;
 }
 
 static inline void mm_unlock(struct uhmm_mm *mm)
 {
+	uhmm_tls_mm_locked--;
 	pthread_mutex_unlock(&mm->lock);
 }

@@ -11,6 +11,7 @@
 #include <uhmm/migrate.h>
 #include <uhmm/sim.h>
 #include "mm_internal.h"
+#include "fault_inject.h"
 
 #define PG UHMM_PAGE_SIZE
 #define PIECE 64		/* pages per range_fault / access piece */
@@ -59,7 +60,9 @@ static struct pt_ent *pt_find(struct uhmm_sim *s, uint64_t vpn)
 	return NULL;
 }
 
-static void pt_set(struct uhmm_sim *s, uint64_t vpn, uint8_t kind, bool write,
+/* False when out of memory: a missing entry only costs the device a fault,
+ * but a caller that promised a mapping (exclusive) must say so. */
+static bool pt_set(struct uhmm_sim *s, uint64_t vpn, uint8_t kind, bool write,
 		   void *data)
 {
 	struct pt_ent *e = pt_find(s, vpn);
@@ -67,7 +70,7 @@ static void pt_set(struct uhmm_sim *s, uint64_t vpn, uint8_t kind, bool write,
 	if (!e) {
 		e = malloc(sizeof(*e));
 		if (!e)
-			return;		/* a missing entry only costs a fault */
+			return false;
 		e->vpn = vpn;
 		e->next = s->pt[pt_hash(vpn)];
 		s->pt[pt_hash(vpn)] = e;
@@ -76,6 +79,7 @@ static void pt_set(struct uhmm_sim *s, uint64_t vpn, uint8_t kind, bool write,
 	e->kind = kind;
 	e->write = write;
 	e->data = data;
+	return true;
 }
 
 static void pt_erase(struct uhmm_sim *s, uint64_t start, uint64_t end)
@@ -227,7 +231,7 @@ int uhmm_sim_create(struct uhmm_mm *mm, const struct uhmm_sim_opts *opts,
 	s->evict = opts && opts->evict_when_full;
 	s->copy = opts && opts->copy_path;
 	/* managed by the same mm: UFFDIO_MOVE can put pages straight in */
-	err = uhmm_mm_alloc(mm, cap * PG, 0, &s->pool);
+	err = uhmm_mm_alloc(mm, cap * PG, UHMM_ALLOC_HUGE, &s->pool);
 	if (err)
 		goto err_free;
 	err = uhmm_request_free_region(NULL, cap * PG, 0, &start);
@@ -307,7 +311,7 @@ static bool cpu_entry_is(struct uhmm_sim *s, uint64_t addr, struct uhmm_page *pg
 	 * Busy means "not known to be mapped": the page is simply not mapped
 	 * now and the next access faults it in.
 	 */
-	if (uhmm_uffd_is_handler() || pthread_mutex_trylock(&s->mm->lock))
+	if (uhmm_uffd_is_handler() || !mm_trylock(s->mm))
 		return false;
 	v = uhmm_vma_find(s->mm, addr);
 	if (v && v->ents)
@@ -423,8 +427,12 @@ static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 				continue;
 			local = (struct iovec){ buf + i * PG, PG };
 			remote = (struct iovec){ (void *)(uintptr_t)(a + i * PG), PG };
-			r = write ? process_vm_writev(getpid(), &local, 1, &remote, 1, 0)
-				  : process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+			if (uhmm_fi_fail(UHMM_FI_PROCESS_VM))
+				r = -1;	/* as if the page went away */
+			else if (write)
+				r = process_vm_writev(getpid(), &local, 1, &remote, 1, 0);
+			else
+				r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
 			if (r != (ssize_t)PG)
 				return -EFAULT;
 		}
@@ -707,9 +715,9 @@ int uhmm_sim_exclusive(struct uhmm_sim *s, uint64_t addr, uint64_t npages)
 	pthread_mutex_lock(&s->lock);
 	if (!uhmm_interval_read_retry(&s->notifier, seq))
 		for (uint64_t i = 0; i < npages; i++)
-			if (bufs[i])
-				pt_set(s, (addr >> UHMM_PAGE_SHIFT) + i, PT_ATOMIC, true,
-				       bufs[i]);
+			if (bufs[i] && !pt_set(s, (addr >> UHMM_PAGE_SHIFT) + i, PT_ATOMIC,
+					       true, bufs[i]) && !err)
+				err = -ENOMEM;	/* taken, but the device cannot map it */
 	pthread_mutex_unlock(&s->lock);
 	free(bufs);
 	return err;

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
+#include <ucontext.h>
 #include <unistd.h>
 #include "compat.h"
 #include "fault_inject.h"
@@ -60,11 +61,18 @@ static int uffd_new_fd(void)
 	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	int dev;
 
+	int sys_err;
+
 	if (fd >= 0)
 		return fd;
+	sys_err = errno;
 	dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-	if (dev < 0)
+	if (dev < 0) {
+		/* the syscall's refusal says more than a missing/denied node */
+		if (sys_err == EPERM)
+			return -EPERM;
 		return errno == ENOENT ? -ENOSYS : -errno;
+	}
 	fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
 	close(dev);
 	return fd < 0 ? -errno : fd;
@@ -95,6 +103,11 @@ int uhmm_uffd_open(struct uhmm_mm *mm)
 		return -EOPNOTSUPP;
 	}
 	want = REQUIRED_FEATURES | (api.features & OPTIONAL_FEATURES);
+	if (mm->inthread) {
+		if (!(api.features & UFFD_FEATURE_SIGBUS))
+			return -EOPNOTSUPP;
+		want |= UFFD_FEATURE_SIGBUS;
+	}
 	fd = uffd_new_fd();
 	if (fd < 0)
 		return fd;
@@ -122,6 +135,8 @@ int uhmm_uffd_register(struct uhmm_mm *mm, uint64_t start, uint64_t len, bool wp
 
 	if (wp && (mm->features & UHMM_FEAT_WP))
 		reg.mode |= UFFDIO_REGISTER_MODE_WP;
+	if (uhmm_fi_fail(UHMM_FI_UFFD_REGISTER))
+		return uhmm_fi_errno(UHMM_FI_UFFD_REGISTER, -ENOMEM);
 	if (ioctl(mm->uffd, UFFDIO_REGISTER, &reg) == 0)
 		return 0;
 	if (errno == EINVAL && (reg.mode & UFFDIO_REGISTER_MODE_WP)) {
@@ -172,6 +187,8 @@ int uhmm_uffd_wake(struct uhmm_mm *mm, uint64_t start, uint64_t len)
 {
 	struct uffdio_range r = { .start = start, .len = len };
 
+	if (mm->inthread)
+		return 0;	/* SIGBUS mode: nobody sleeps in the kernel */
 	return ioctl(mm->uffd, UFFDIO_WAKE, &r) ? -errno : 0;
 }
 
@@ -309,12 +326,15 @@ static void handler_sigbus(int tid)
 		syscall(SYS_tgkill, getpid(), tid, SIGBUS);
 }
 
-/* Serve one fault. Return 0 (handled) or -EAGAIN (retry later). */
-static int handle_fault(struct uhmm_mm *mm, const struct uffd_msg *msg)
+/*
+ * Serve one CPU fault at @addr. A handler thread (blocking mode) returns 0
+ * (handled) or -EAGAIN (retry later). In-thread mode (the faulting thread,
+ * in its SIGBUS handler) returns 0 to re-execute the access (served, or try
+ * again) or a negative errno to let the SIGBUS through (a device that
+ * cannot give the page back).
+ */
+static int serve_fault(struct uhmm_mm *mm, uint64_t addr, bool write, bool wp, int tid)
 {
-	uint64_t addr = msg->arg.pagefault.address & ~(UHMM_PAGE_SIZE - 1);
-	bool write = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
-	int tid = (int)msg->arg.pagefault.feat.ptid;
 	struct mm_vma *v;
 	uint64_t e = 0, ws, we, psz, done;
 	bool fill_err = false;
@@ -326,18 +346,25 @@ static int handle_fault(struct uhmm_mm *mm, const struct uffd_msg *msg)
 		e = v->ents[(addr - v->start) >> UHMM_PAGE_SHIFT];
 	switch (ENT_STATE(e)) {
 	case ENT_MIGRATING:
-		/* the migration's finalize wakes every thread parked here */
+		/* the migration's finalize wakes every thread parked here;
+		 * in-thread, the access simply faults again until it is over */
 		mm_unlock(mm);
+		if (mm->inthread)
+			sched_yield();
 		return 0;
 	case ENT_DEVICE:
 		mm_unlock(mm);
 		atomic_fetch_add(&mm->st_device_faults, 1);
 		rc = uhmm_device_fault(mm, addr, write, tid);
+		if (rc == -ENOMEM)
+			rc = -EAGAIN;	/* short of memory for now: try again */
 		if (rc == -EAGAIN)
-			return rc;
+			return mm->inthread ? (sched_yield(), 0) : rc;
 		if (rc < 0) {
 			uhmm_log(UHMM_LOG_WARN, "device fault at %#llx failed: %d",
 				 (unsigned long long)addr, rc);
+			if (mm->inthread)
+				return rc;
 			handler_sigbus(tid);
 		}
 		uhmm_uffd_wake(mm, addr, UHMM_PAGE_SIZE);
@@ -346,18 +373,18 @@ static int handle_fault(struct uhmm_mm *mm, const struct uffd_msg *msg)
 		mm_unlock(mm);
 		rc = uhmm_excl_restore(mm, addr);
 		if (rc == -EAGAIN)
-			return rc;
+			return mm->inthread ? (sched_yield(), 0) : rc;
 		uhmm_uffd_wake(mm, addr, UHMM_PAGE_SIZE);
 		return 0;
 	}
-	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
-		struct uffdio_writeprotect wp = {
+	if (wp) {
+		struct uffdio_writeprotect wpr = {
 			.range = { .start = addr, .len = UHMM_PAGE_SIZE },
 		};
 
 		mm_unlock(mm);
-		if (ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wp) && errno == EAGAIN)
-			return -EAGAIN;
+		if (ioctl(mm->uffd, UFFDIO_WRITEPROTECT, &wpr) && errno == EAGAIN)
+			return mm->inthread ? 0 : -EAGAIN;
 		return 0;
 	}
 	psz = v ? 1ULL << v->page_shift : UHMM_PAGE_SIZE;
@@ -409,7 +436,217 @@ static int handle_fault(struct uhmm_mm *mm, const struct uffd_msg *msg)
 	mm_unlock(mm);
 	atomic_fetch_add(&mm->st_fills, 1);
 	uhmm_uffd_wake(mm, ws, we - ws);
+	if (mm->inthread)
+		return 0;	/* a hole left by -EAGAIN faults again */
 	return rc;
+}
+
+static int handle_fault(struct uhmm_mm *mm, const struct uffd_msg *msg)
+{
+	uint64_t flags = msg->arg.pagefault.flags;
+
+	return serve_fault(mm, msg->arg.pagefault.address & ~(UHMM_PAGE_SIZE - 1),
+			   flags & UFFD_PAGEFAULT_FLAG_WRITE, flags & UFFD_PAGEFAULT_FLAG_WP,
+			   (int)msg->arg.pagefault.feat.ptid);
+}
+
+/* ---------------------------------------------------------------------- */
+/* in-thread faults: userfaultfd SIGBUS mode                               */
+
+#define INTHREAD_MAX 16
+
+static struct uhmm_mm *_Atomic inthread_mms[INTHREAD_MAX];
+static atomic_uint inthread_running;	/* SIGBUS handlers inside an mm */
+static pthread_mutex_t inthread_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction inthread_prev;	/* the handler before ours */
+
+/* Read/write and protection-fault bits of the page fault behind a SIGBUS. */
+static bool fault_is_write(const void *ucv, bool *wp)
+{
+#if defined(__x86_64__)
+	const ucontext_t *uc = ucv;
+	unsigned long long err = (unsigned long long)uc->uc_mcontext.gregs[REG_ERR];
+
+	*wp = (err & 3) == 3;	/* present page, write access */
+	return err & 2;
+#else
+	(void)ucv;
+	*wp = false;
+	return false;		/* a write then takes one more (kernel) COW fault */
+#endif
+}
+
+/* 1: @addr is not @mm's; 0: served or retry; < 0: deliver the SIGBUS. */
+static int inthread_fault(struct uhmm_mm *mm, uint64_t addr, bool write, bool wp)
+{
+	uint64_t page = addr & ~(UHMM_PAGE_SIZE - 1);
+	bool known;
+
+	mm_lock(mm);
+	known = uhmm_vma_find(mm, page) != NULL;
+	mm_unlock(mm);
+	if (!known) {
+		/* registered just before its range was recorded? Only our
+		 * userfaultfd can fill it: anything else is not ours. */
+		struct uffdio_zeropage z = {
+			.range = { .start = page, .len = UHMM_PAGE_SIZE },
+			.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+		};
+
+		if (ioctl(mm->uffd, UFFDIO_ZEROPAGE, &z) == 0 || errno == EEXIST ||
+		    errno == EAGAIN)
+			return 0;
+		return 1;
+	}
+	atomic_fetch_add(&mm->st_faults, 1);
+	return serve_fault(mm, page, write, wp, 0);
+}
+
+static void inthread_chain(int sig, siginfo_t *si, void *uc)
+{
+	const struct sigaction *p = &inthread_prev;
+
+	if (p->sa_flags & SA_SIGINFO) {
+		if (p->sa_sigaction)
+			p->sa_sigaction(sig, si, uc);
+		return;
+	}
+	if (p->sa_handler != SIG_DFL && p->sa_handler != SIG_IGN) {
+		p->sa_handler(sig);
+		return;
+	}
+	if (p->sa_handler == SIG_IGN && si->si_code <= 0)
+		return;		/* a sent SIGBUS the application ignores */
+	/* The default action: a fault re-executes and dies on it; a sent
+	 * signal is raised again. */
+	signal(SIGBUS, SIG_DFL);
+	if (si->si_code <= 0)
+		raise(SIGBUS);
+}
+
+static void inthread_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	int saved = errno, rc = 1;
+
+	if (si->si_code == BUS_ADRERR) {
+		uint64_t addr = (uint64_t)(uintptr_t)si->si_addr;
+		bool wp, write = fault_is_write(uc, &wp);
+
+		atomic_fetch_add(&inthread_running, 1);
+		for (int i = 0; i < INTHREAD_MAX && rc > 0; i++) {
+			struct uhmm_mm *mm = atomic_load(&inthread_mms[i]);
+
+			if (!mm)
+				continue;
+			if (uhmm_tls_mm_locked) {
+				/* uhmm itself touched a hole under its lock: a bug;
+				 * waiting here would deadlock */
+				uhmm_log(UHMM_LOG_ERROR, "fault at %#llx under mm lock",
+					 (unsigned long long)addr);
+				rc = -EDEADLK;
+				break;
+			}
+			rc = inthread_fault(mm, addr, write, wp);
+		}
+		atomic_fetch_sub(&inthread_running, 1);
+	}
+	errno = saved;
+	if (rc)
+		inthread_chain(sig, si, uc);
+}
+
+int uhmm_uffd_inthread_add(struct uhmm_mm *mm)
+{
+	int err = -EBUSY;
+
+	struct sigaction cur;
+
+	pthread_mutex_lock(&inthread_lock);
+	/* (Re)install unless ours is in place: the application may have put
+	 * its own handler over ours since; that one is then the one we chain
+	 * to. Ours stays installed: with no in-thread mm it only passes on. */
+	if (sigaction(SIGBUS, NULL, &cur) == 0 &&
+	    (!(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != inthread_sigbus)) {
+		struct sigaction sa = { .sa_sigaction = inthread_sigbus,
+					.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART };
+
+		sigemptyset(&sa.sa_mask);
+		inthread_prev = cur;
+		if (sigaction(SIGBUS, &sa, NULL)) {
+			err = -errno;
+			goto out;
+		}
+	}
+	for (int i = 0; i < INTHREAD_MAX; i++)
+		if (!atomic_load(&inthread_mms[i])) {
+			atomic_store(&inthread_mms[i], mm);
+			err = 0;
+			break;
+		}
+out:
+	pthread_mutex_unlock(&inthread_lock);
+	return err;
+}
+
+void uhmm_uffd_inthread_del(struct uhmm_mm *mm)
+{
+	pthread_mutex_lock(&inthread_lock);
+	for (int i = 0; i < INTHREAD_MAX; i++)
+		if (atomic_load(&inthread_mms[i]) == mm)
+			atomic_store(&inthread_mms[i], NULL);
+	pthread_mutex_unlock(&inthread_lock);
+	/* a handler that loaded @mm before the store may still use it */
+	while (atomic_load(&inthread_running))
+		sched_yield();
+}
+
+/* Serve the holes of [start, start+len) in this thread, as faults would. */
+static void inthread_serve_holes(struct uhmm_mm *mm, uint64_t start, uint64_t len,
+				 bool write)
+{
+	unsigned char vec[512];
+
+	for (uint64_t off = 0; off < len;) {
+		uint64_t n = UHMM_MIN(len - off, sizeof(vec) * UHMM_PAGE_SIZE) >> UHMM_PAGE_SHIFT;
+		uint64_t i = 0;
+		int tries = 0;
+
+		if (mincore((void *)(uintptr_t)(start + off), n << UHMM_PAGE_SHIFT, vec))
+			return;		/* unmapped: populate reports it */
+		while (i < n) {
+			uint64_t a = start + off + (i << UHMM_PAGE_SHIFT);
+
+			if ((vec[i] & 1) || tries > 8) {
+				i++;
+				tries = 0;
+				continue;
+			}
+			if (inthread_fault(mm, a, write, false) < 0)
+				return;
+			tries++;
+			if (mincore((void *)(uintptr_t)a, (n - i) << UHMM_PAGE_SHIFT, vec + i))
+				return;
+		}
+		off += n << UHMM_PAGE_SHIFT;
+	}
+}
+
+int uhmm_uffd_populate(struct uhmm_mm *mm, uint64_t start, uint64_t len, bool write)
+{
+	int adv = write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
+
+	for (int pass = 0;; pass++) {
+		if (madvise((void *)(uintptr_t)start, len, adv) == 0)
+			return 0;
+		/* In SIGBUS mode the kernel will not wait for a hole (-EFAULT):
+		 * serve the holes here, then let the kernel finish (COW, checks). */
+		if (errno != EFAULT || !mm->inthread || pass >= 16)
+			break;
+		inthread_serve_holes(mm, start, len, write);
+	}
+	if (errno == EINVAL || errno == ENOMEM || errno == EFAULT)
+		return -EFAULT;
+	return -errno;
 }
 
 static void handle_event(struct uhmm_mm *mm, const struct uffd_msg *msg)
@@ -617,8 +854,10 @@ int uhmm_uffd_start(struct uhmm_mm *mm)
 	int err = 0;
 
 	mm->handlers = calloc(mm->nr_handlers, sizeof(pthread_t));
-	if (!mm->handlers)
+	if (!mm->handlers) {
+		mm->nr_handlers = 0;	/* uhmm_uffd_stop joins none */
 		return -ENOMEM;
+	}
 	/* Handler threads take no signals: the application's stay its own. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);

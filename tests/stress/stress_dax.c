@@ -12,6 +12,35 @@
 
 int stress_dax_main(uint64_t seed, double seconds, int verbose);
 
+#ifdef UHMM_FAULT_INJECT
+/* libuhmm's internal counter of injected failures (src/fault_inject.h) */
+uint64_t uhmm_fi_stats(FILE *f);
+/* Injected: a library malloc (ENOMEM), a label write or msync (EIO). */
+static bool fi_err(int ret)
+{
+	return ret == -ENOMEM || ret == -EIO;
+}
+#else
+static bool fi_err(int ret)
+{
+	(void)ret;
+	return false;
+}
+#endif
+
+/*
+ * Queries only read the label, so an injected failure is -ENOMEM from the
+ * label refresh: retry it (never loops in a build without fault injection).
+ */
+#define Q(expr)                                                          \
+	({                                                               \
+		int q_, n_ = 0;                                          \
+		do                                                       \
+			q_ = (expr);                                     \
+		while (q_ == -ENOMEM && fi_err(q_) && ++n_ < 1000);      \
+		q_;                                                      \
+	})
+
 #define MAX_DEVS 64
 #define MAX_ALLOCS 64
 
@@ -58,7 +87,7 @@ static struct {
 	uint64_t *ver;			/* per data-area page; UINT64_MAX = unknown */
 	struct mdev devs[MAX_DEVS];
 	uint64_t next_ver;
-	uint64_t ops, bytes, mismatches, unexpected;
+	uint64_t ops, bytes, mismatches, unexpected, injected;
 	int verbose;
 } d;
 
@@ -89,7 +118,7 @@ static void unexpected(const char *op, const char *fmt, int got, int want)
 /* Every device handle of the current region handle (seed included). */
 static int list_devs(struct uhmm_dax_dev **devs, unsigned int n)
 {
-	int nr = uhmm_dax_region_devices(d.reg, devs, n);
+	int nr = Q(uhmm_dax_region_devices(d.reg, devs, n));
 
 	if (nr < 0) {
 		unexpected("devices", "list", nr, 0);
@@ -106,7 +135,7 @@ static struct uhmm_dax_dev *pick_dev(bool want_seed)
 	for (int i = 0; i < nr; i++) {
 		struct uhmm_dax_dev_info di;
 
-		if (uhmm_dax_dev_info(devs[i], &di))
+		if (Q(uhmm_dax_dev_info(devs[i], &di)))
 			continue;
 		if (!!(di.flags & UHMM_DAX_DEV_SEED) == want_seed)
 			cand[nc++] = devs[i];
@@ -130,7 +159,7 @@ static uint64_t dev_page(const struct uhmm_dax_range *rg, unsigned int nr, uint6
 static void mark_unknown(struct uhmm_dax_dev *dev)
 {
 	struct uhmm_dax_range rg[256];
-	int nr = uhmm_dax_dev_ranges(dev, rg, 256);
+	int nr = Q(uhmm_dax_dev_ranges(dev, rg, 256));
 
 	for (int i = 0; i < nr && i < 256; i++)
 		for (uint64_t o = rg[i].start; o < rg[i].end; o += ST_PAGE)
@@ -146,7 +175,7 @@ static void check_layout(const char *after)
 	uint64_t total = 0;
 	int nr, seeds = 0;
 
-	if (uhmm_dax_region_info(d.reg, &ri)) {
+	if (Q(uhmm_dax_region_info(d.reg, &ri))) {
 		unexpected(after, "region_info", -1, 0);
 		return;
 	}
@@ -158,10 +187,12 @@ static void check_layout(const char *after)
 		uint64_t sz = 0;
 		int n;
 
-		if (uhmm_dax_dev_info(devs[i], &di))
+		if (Q(uhmm_dax_dev_info(devs[i], &di))) {
+			unexpected(after, "dev_info", -1, 0);
 			continue;
+		}
 		seeds += !!(di.flags & UHMM_DAX_DEV_SEED);
-		n = uhmm_dax_dev_ranges(devs[i], rg, 512);
+		n = Q(uhmm_dax_dev_ranges(devs[i], rg, 512));
 		for (int j = 0; j < n && j < 512; j++) {
 			if (rg[j].start >= rg[j].end || rg[j].end > d.size ||
 			    rg[j].start % di.align || rg[j].end % di.align)
@@ -188,9 +219,94 @@ static int free_units(void)
 {
 	struct uhmm_dax_region_info ri;
 
-	if (uhmm_dax_region_info(d.reg, &ri))
+	if (Q(uhmm_dax_region_info(d.reg, &ri)))
 		return 0;
 	return (int)(ri.available / d.align);
+}
+
+/*
+ * Hash of what the label says (devices, modes, enabled, aligns, ranges,
+ * seed, free space) as seen through @r; process-local flags left out.
+ */
+static int label_hash(struct uhmm_dax_region *r, uint64_t *out)
+{
+	struct uhmm_dax_dev *devs[UHMM_DAX_MAX_DEVICES];
+	struct uhmm_dax_region_info ri;
+	uint64_t h = 0xcbf29ce484222325ULL;
+	int nr, ret;
+
+#define MIX(v) (h = (h ^ (uint64_t)(v)) * 0x100000001b3ULL)
+	ret = Q(uhmm_dax_region_info(r, &ri));
+	if (ret)
+		return ret;
+	MIX(ri.available);
+	MIX(ri.seed_id);
+	MIX(ri.nr_devices);
+	nr = Q(uhmm_dax_region_devices(r, devs, UHMM_DAX_MAX_DEVICES));
+	if (nr < 0)
+		return nr;
+	for (int i = 0; i < nr && i < UHMM_DAX_MAX_DEVICES; i++) {
+		struct uhmm_dax_range rg[512];
+		struct uhmm_dax_dev_info di;
+		int n;
+
+		ret = Q(uhmm_dax_dev_info(devs[i], &di));
+		if (ret)
+			return ret;
+		MIX(di.id);
+		MIX(di.mode);
+		MIX(di.align);
+		MIX(di.flags & (UHMM_DAX_DEV_ENABLED | UHMM_DAX_DEV_SEED));
+		n = Q(uhmm_dax_dev_ranges(devs[i], rg, 512));
+		if (n < 0)
+			return n;
+		MIX(n);
+		for (int j = 0; j < n && j < 512; j++) {
+			MIX(rg[j].start);
+			MIX(rg[j].end);
+		}
+	}
+#undef MIX
+	*out = h;
+	return 0;
+}
+
+/* The label before a change, to compare with when the change fails. */
+static uint64_t label_before(void)
+{
+	uint64_t h = 0;
+
+	if (fi_err(-ENOMEM) && label_hash(d.reg, &h))
+		unexpected("label_hash", "before", -1, 0);
+	return h;
+}
+
+/*
+ * Was @ret an injected failure? Then the call must have changed nothing:
+ * this handle and a freshly opened one both still see the label of before.
+ */
+static bool fi_failed(const char *op, int ret, uint64_t before)
+{
+	struct uhmm_dax_region *r2;
+	uint64_t now = 0, fresh = 0;
+	int err;
+
+	if (!fi_err(ret))
+		return false;
+	d.injected++;
+	if (label_hash(d.reg, &now) || now != before)
+		unexpected(op, "label changed by a failed call (this handle)", ret, 0);
+	err = Q(uhmm_dax_region_open(d.path, &r2));
+	if (err) {
+		unexpected(op, "reopen after a failed call", err, 0);
+		return true;
+	}
+	if (label_hash(r2, &fresh) || fresh != before)
+		unexpected(op, "label changed by a failed call (fresh handle)", ret, 0);
+	err = uhmm_dax_region_close(r2);
+	if (err)
+		unexpected(op, "close fresh handle", err, 0);
+	return true;
 }
 
 static void op_create(void)
@@ -199,10 +315,15 @@ static void op_create(void)
 	int avail = free_units(), ret;
 	uint64_t units = st_range(&d.r, 1, 8);
 
-	if (uhmm_dax_region_seed(d.reg, &seed))
+	uint64_t before;
+
+	if (Q(uhmm_dax_region_seed(d.reg, &seed)))
 		return;
+	before = label_before();
 	ret = uhmm_dax_dev_resize(seed, units * d.align);
 	st_count(&dt[D_CREATE], ret);
+	if (fi_failed("create", ret, before))
+		return;
 	if ((uint64_t)avail >= units && ret && ret != -ENOSPC)
 		unexpected("create", "resize seed with space free", ret, 0);
 	if ((uint64_t)avail < units && ret != -ENOSPC)
@@ -210,10 +331,13 @@ static void op_create(void)
 	if (!ret) {
 		struct uhmm_dax_dev_info di;
 
-		uhmm_dax_dev_info(seed, &di);
+		Q(uhmm_dax_dev_info(seed, &di));
 		mdev_of(di.id, true);
+		before = label_before();
 		ret = uhmm_dax_dev_enable(seed);
 		st_count(&dt[D_ENABLE], ret);
+		if (fi_failed("create: enable", ret, before))
+			return;
 		if (ret)
 			unexpected("create", "enable new device", ret, 0);
 	}
@@ -223,18 +347,21 @@ static void op_resize(struct uhmm_dax_dev *dev)
 {
 	struct uhmm_dax_dev_info di;
 	struct mdev *m;
-	uint64_t units, want;
+	uint64_t units, want, before;
 	int avail = free_units(), ret;
 
-	if (uhmm_dax_dev_info(dev, &di))
+	if (Q(uhmm_dax_dev_info(dev, &di)))
 		return;
 	m = mdev_of(di.id, true);
 	units = st_range(&d.r, 1, 10);
 	want = units * di.align;
 	if (want % d.align)
 		return;
+	before = label_before();
 	ret = uhmm_dax_dev_resize(dev, want);
 	st_count(&dt[D_RESIZE], ret);
+	if (fi_failed("resize", ret, before))
+		return;
 	if (want > di.size) {
 		bool room = (want - di.size) / d.align <= (uint64_t)avail;
 
@@ -256,11 +383,11 @@ static void op_add_range(struct uhmm_dax_dev *dev)
 {
 	struct uhmm_dax_dev *devs[UHMM_DAX_MAX_DEVICES];
 	struct uhmm_dax_dev_info di;
-	uint64_t units = d.size / d.align, off, len;
+	uint64_t units = d.size / d.align, off, len, before;
 	bool overlap = false;
 	int nr, ret;
 
-	if (uhmm_dax_dev_info(dev, &di) || (di.flags & UHMM_DAX_DEV_SEED) ||
+	if (Q(uhmm_dax_dev_info(dev, &di)) || (di.flags & UHMM_DAX_DEV_SEED) ||
 	    di.align != d.align)
 		return;
 	off = st_below(&d.r, units) * d.align;
@@ -268,14 +395,17 @@ static void op_add_range(struct uhmm_dax_dev *dev)
 	nr = list_devs(devs, UHMM_DAX_MAX_DEVICES);
 	for (int i = 0; i < nr; i++) {
 		struct uhmm_dax_range rg[512];
-		int n = uhmm_dax_dev_ranges(devs[i], rg, 512);
+		int n = Q(uhmm_dax_dev_ranges(devs[i], rg, 512));
 
 		for (int j = 0; j < n && j < 512; j++)
 			if (off < rg[j].end && rg[j].start < off + len)
 				overlap = true;
 	}
+	before = label_before();
 	ret = uhmm_dax_dev_add_range(dev, off, len);
 	st_count(&dt[D_ADD_RANGE], ret);
+	if (fi_failed("add_range", ret, before))
+		return;
 	if (off + len > d.size) {
 		if (ret != -EINVAL)
 			unexpected("add_range", "beyond the region", ret, -EINVAL);
@@ -293,13 +423,17 @@ static void op_destroy(struct uhmm_dax_dev *dev)
 {
 	struct uhmm_dax_dev_info di;
 	struct mdev *m;
+	uint64_t before;
 	int ret;
 
-	if (uhmm_dax_dev_info(dev, &di))
+	if (Q(uhmm_dax_dev_info(dev, &di)))
 		return;
 	m = mdev_of(di.id, false);
+	before = label_before();
 	ret = uhmm_dax_dev_destroy(dev);
 	st_count(&dt[D_DESTROY], ret);
+	if (fi_failed("destroy", ret, before))
+		return;
 	if ((m && m->map) || di.mode == UHMM_DAX_MODE_KMEM) {
 		if (ret != -EBUSY && !(di.mode == UHMM_DAX_MODE_KMEM && !ret))
 			unexpected("destroy", "mapped or kmem device", ret, -EBUSY);
@@ -339,13 +473,17 @@ static void op_map(struct uhmm_dax_dev *dev)
 	void *p;
 	int ret, n;
 
-	if (uhmm_dax_dev_info(dev, &di) || (di.flags & UHMM_DAX_DEV_SEED))
+	if (Q(uhmm_dax_dev_info(dev, &di)) || (di.flags & UHMM_DAX_DEV_SEED))
 		return;
 	m = mdev_of(di.id, true);
 	if (!m || m->map)
 		return;
 	ret = uhmm_dax_map(dev, PROT_READ | PROT_WRITE, &p);
 	st_count(&dt[D_MAP], ret);
+	if (fi_err(ret)) {
+		d.injected++;
+		return;
+	}
 	if (di.mode == UHMM_DAX_MODE_KMEM) {
 		if (ret != -EBUSY)
 			unexpected("map", "kmem device", ret, -EBUSY);
@@ -357,8 +495,8 @@ static void op_map(struct uhmm_dax_dev *dev)
 	}
 	if (ret)
 		return;
-	n = uhmm_dax_dev_ranges(dev, m->rg, 64);
-	if (n > 64) {
+	n = Q(uhmm_dax_dev_ranges(dev, m->rg, 64));
+	if (n < 0 || n > 64) {
 		uhmm_dax_unmap(dev, p);	/* too fragmented to model: skip */
 		return;
 	}
@@ -401,13 +539,20 @@ static void op_unmap(struct uhmm_dax_dev *dev, struct mdev *m)
 static void op_kmem(struct uhmm_dax_dev *dev, struct mdev *m, int op)
 {
 	struct uhmm_dax_dev_info di;
+	uint64_t before;
 	int ret;
 
-	if (uhmm_dax_dev_info(dev, &di) || (di.flags & UHMM_DAX_DEV_SEED))
+	if (Q(uhmm_dax_dev_info(dev, &di)) || (di.flags & UHMM_DAX_DEV_SEED))
 		return;
 	if (op == D_TO_KMEM) {
+		before = label_before();
 		ret = uhmm_dax_dev_reconfigure(dev, UHMM_DAX_MODE_KMEM);
 		st_count(&dt[op], ret);
+		if (fi_failed("to_kmem", ret, before)) {
+			/* the heap may have come online and gone again */
+			mark_unknown(dev);
+			return;
+		}
 		if (m->map && ret != -EBUSY)
 			unexpected("to_kmem", "mapped device", ret, -EBUSY);
 		if (!m->map && ret)
@@ -417,8 +562,11 @@ static void op_kmem(struct uhmm_dax_dev *dev, struct mdev *m, int op)
 		return;
 	}
 	if (op == D_TO_DEVDAX) {
+		before = label_before();
 		ret = uhmm_dax_dev_reconfigure(dev, UHMM_DAX_MODE_DEVDAX);
 		st_count(&dt[op], ret);
+		if (fi_failed("to_devdax", ret, before))
+			return;
 		if (di.mode == UHMM_DAX_MODE_KMEM && m->nr_allocs && ret != -EBUSY)
 			unexpected("to_devdax", "live allocations", ret, -EBUSY);
 		if ((di.mode != UHMM_DAX_MODE_KMEM || !m->nr_allocs) && ret)
@@ -435,7 +583,7 @@ static void op_kmem(struct uhmm_dax_dev *dev, struct mdev *m, int op)
 		st_count(&dt[op], p ? 0 : -ENOMEM);
 		if (!p)
 			return;
-		if (!uhmm_dax_dev_pagemap(dev, &pg)) {
+		if (!Q(uhmm_dax_dev_pagemap(dev, &pg))) {
 			uint8_t *base = pg->base;
 			uint64_t span = (uint64_t)uhmm_pagemap_nr_pages(pg) * ST_PAGE;
 
@@ -473,7 +621,7 @@ static void op_second_handle(void)
 {
 	struct uhmm_dax_region *r2;
 	struct uhmm_dax_dev *a[UHMM_DAX_MAX_DEVICES], *b[UHMM_DAX_MAX_DEVICES];
-	int na, nb, ret = uhmm_dax_region_open(d.path, &r2);
+	int na, nb, ret = Q(uhmm_dax_region_open(d.path, &r2));
 
 	st_count(&dt[D_REOPEN], ret);
 	if (ret) {
@@ -481,12 +629,13 @@ static void op_second_handle(void)
 		return;
 	}
 	na = list_devs(a, UHMM_DAX_MAX_DEVICES);
-	nb = uhmm_dax_region_devices(r2, b, UHMM_DAX_MAX_DEVICES);
+	nb = Q(uhmm_dax_region_devices(r2, b, UHMM_DAX_MAX_DEVICES));
 	if (na != nb)
 		unexpected("open_second", "device count", nb, na);
 	for (int i = 0; i < na && i < nb; i++) {
 		struct uhmm_dax_range ra[512], rb[512];
-		int x = uhmm_dax_dev_ranges(a[i], ra, 512), y = uhmm_dax_dev_ranges(b[i], rb, 512);
+		int x = Q(uhmm_dax_dev_ranges(a[i], ra, 512));
+		int y = Q(uhmm_dax_dev_ranges(b[i], rb, 512));
 
 		if (x != y || (x > 0 && memcmp(ra, rb, (size_t)(x < 512 ? x : 512) * sizeof(ra[0]))))
 			unexpected("open_second", "ranges differ", y, x);
@@ -497,14 +646,14 @@ static void op_second_handle(void)
 		struct mdev m2;
 		void *p;
 
-		if (uhmm_dax_dev_info(b[i], &di) || !(di.flags & UHMM_DAX_DEV_ENABLED) ||
+		if (Q(uhmm_dax_dev_info(b[i], &di)) || !(di.flags & UHMM_DAX_DEV_ENABLED) ||
 		    di.mode != UHMM_DAX_MODE_DEVDAX || !di.size)
 			continue;
 		if (uhmm_dax_map(b[i], PROT_READ, &p))
 			break;
 		memset(&m2, 0, sizeof(m2));
 		m2.id = di.id;
-		ret = uhmm_dax_dev_ranges(b[i], m2.rg, 64);
+		ret = Q(uhmm_dax_dev_ranges(b[i], m2.rg, 64));
 		if (ret > 0 && ret <= 64) {
 			m2.nr_rg = (unsigned int)ret;
 			m2.map = p;
@@ -543,7 +692,7 @@ static void op_close_open(void)
 		unexpected("close", "idle handle", ret, 0);
 		return;
 	}
-	ret = uhmm_dax_region_open(d.path, &d.reg);
+	ret = Q(uhmm_dax_region_open(d.path, &d.reg));
 	if (ret) {
 		fprintf(stderr, "FATAL: reopen %s: %d\n", d.path, ret);
 		exit(1);
@@ -556,16 +705,20 @@ static void op_set_align(struct uhmm_dax_dev *dev, struct mdev *m)
 	struct uhmm_dax_dev_info di;
 	uint64_t al = st_below(&d.r, 2) ? UHMM_DAX_ALIGN_4K : UHMM_DAX_ALIGN_2M;
 	bool fits = true;
+	uint64_t before;
 	int n, ret;
 
-	if (uhmm_dax_dev_info(dev, &di) || (di.flags & UHMM_DAX_DEV_SEED))
+	if (Q(uhmm_dax_dev_info(dev, &di)) || (di.flags & UHMM_DAX_DEV_SEED))
 		return;
-	n = uhmm_dax_dev_ranges(dev, rg, 512);
+	n = Q(uhmm_dax_dev_ranges(dev, rg, 512));
 	for (int i = 0; i < n && i < 512; i++)
 		if (rg[i].start % al || rg[i].end % al)
 			fits = false;
+	before = label_before();
 	ret = uhmm_dax_dev_set_align(dev, al);
 	st_count(&dt[D_SET_ALIGN], ret);
+	if (fi_failed("set_align", ret, before))
+		return;
 	if (al < d.align) {
 		if (ret != -EINVAL)
 			unexpected("set_align", "below the region's", ret, -EINVAL);
@@ -588,7 +741,7 @@ static void one_op(void)
 	struct uhmm_dax_dev_info di;
 	struct mdev *m = NULL;
 
-	if (dev && !uhmm_dax_dev_info(dev, &di))
+	if (dev && !Q(uhmm_dax_dev_info(dev, &di)))
 		m = mdev_of(di.id, true);
 	if (dice < 10 || !dev || !m) {
 		op_create();
@@ -599,13 +752,20 @@ static void one_op(void)
 	} else if (dice < 27) {
 		op_destroy(dev);
 	} else if (dice < 30) {
+		uint64_t before = label_before();
 		int ret = uhmm_dax_dev_disable(dev);
 
 		st_count(&dt[D_DISABLE], ret);
-		if (!m->map && di.mode == UHMM_DAX_MODE_DEVDAX && ret)
+		if (fi_failed("disable", ret, before))
+			;
+		else if (!m->map && di.mode == UHMM_DAX_MODE_DEVDAX && ret)
 			unexpected("disable", "idle device", ret, 0);
 	} else if (dice < 35) {
-		st_count(&dt[D_ENABLE], uhmm_dax_dev_enable(dev));
+		uint64_t before = label_before();
+		int ret = uhmm_dax_dev_enable(dev);
+
+		st_count(&dt[D_ENABLE], ret);
+		fi_failed("enable", ret, before);
 	} else if (dice < 45) {
 		op_map(dev);
 	} else if (dice < 60) {
@@ -648,11 +808,12 @@ static void teardown_all(void)
 		struct uhmm_dax_dev_info di;
 		struct mdev *m;
 
-		if (uhmm_dax_dev_info(devs[i], &di) || !(m = mdev_of(di.id, false)))
+		if (Q(uhmm_dax_dev_info(devs[i], &di)) || !(m = mdev_of(di.id, false)))
 			continue;
 		if (m->map) {
 			verify_map(m, "final");
-			uhmm_dax_unmap(devs[i], m->map);
+			if (Q(uhmm_dax_unmap(devs[i], m->map)))
+				unexpected("teardown", "unmap", -1, 0);
 			m->map = NULL;
 		}
 		while (m->nr_allocs) {
@@ -667,8 +828,16 @@ static void teardown_all(void)
 			d.bytes += a->len;
 			uhmm_kmem_free(devs[i], a->p);
 		}
-		if (di.mode == UHMM_DAX_MODE_KMEM && uhmm_dax_dev_reconfigure(devs[i], UHMM_DAX_MODE_DEVDAX))
-			unexpected("teardown", "to devdax", -1, 0);
+		if (di.mode == UHMM_DAX_MODE_KMEM) {
+			int ret, n = 0;
+
+			/* a label write may fail too (EIO): retry */
+			while (fi_err(ret = uhmm_dax_dev_reconfigure(devs[i], UHMM_DAX_MODE_DEVDAX)) &&
+			       ++n < 1000)
+				;
+			if (ret)
+				unexpected("teardown", "to devdax", ret, 0);
+		}
 	}
 }
 
@@ -685,7 +854,10 @@ int stress_dax_main(uint64_t seed, double seconds, int verbose)
 	d.ver = calloc(d.npages, sizeof(*d.ver));
 	snprintf(d.path, sizeof(d.path), "/dev/shm/uhmm-stress-dax-%d", (int)getpid());
 	unlink(d.path);
-	ret = uhmm_dax_region_create(d.path, d.size, d.align, &d.reg);
+	/* an injected failure leaves no label: create again */
+	for (int n = 0; fi_err(ret = uhmm_dax_region_create(d.path, d.size, d.align, &d.reg)) &&
+			n < 1000; n++)
+		;
 	if (ret) {
 		fprintf(stderr, "uhmm_dax_region_create(%s): %d\n", d.path, ret);
 		return 2;
@@ -704,6 +876,10 @@ int stress_dax_main(uint64_t seed, double seconds, int verbose)
 		unexpected("final close", "idle handle", ret, 0);
 	unlink(d.path);
 	st_print_tally(stdout, dt, D_NR);
+#ifdef UHMM_FAULT_INJECT
+	printf("faults injected: %" PRIu64 " (%" PRIu64 " failed calls checked)\n",
+	       uhmm_fi_stats(stdout), d.injected);
+#endif
 	printf("result: ops %" PRIu64 " bytes_verified %" PRIu64 " mismatches %" PRIu64
 	       " unexpected %" PRIu64 " (seed %" PRIu64 ", %.1f s)\n", d.ops, d.bytes,
 	       d.mismatches, d.unexpected, seed, (st_now_ns() - t0) / 1e9);
