@@ -471,18 +471,18 @@ static bool move_wanted(const struct uhmm_migrate *m, const struct mig_ctl *c,
 	return true;
 }
 
-/* One page the batch could not move: copy it (or zero it). */
-static bool place_one(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t to,
-		      uint64_t from, bool to_process)
+/* One page the batch could not move: copy it (or zero it). 0, -EAGAIN (the
+ * gate holder must let go first), or another error (the page stays put). */
+static int place_one(struct uhmm_mm *mm, uint64_t to, uint64_t from, bool to_process)
 {
 	if (to_process)
-		return from && uhmm_uffd_copy(mm, to, (void *)(uintptr_t)from, PG,
-					      false) == 0;
+		return from ? uhmm_uffd_copy(mm, to, (void *)(uintptr_t)from, PG, false)
+			    : -EFAULT;
 	if (from)
 		memcpy((void *)(uintptr_t)to, (void *)(uintptr_t)from, PG);
 	else
 		memset((void *)(uintptr_t)to, 0, PG);
-	return true;
+	return 0;
 }
 
 /* Fill what a move from holes left empty in [to, to + len) of the process. */
@@ -521,23 +521,89 @@ static bool still_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i)
  */
 #define MOVE_MIN_RUN 8
 
-static bool copy_present(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t to,
-			 uint64_t from, uint64_t i, uint64_t j)
+#define RUN_DONE UINT64_MAX		/* place_run: every page handled */
+#define RUN_NOT_PRESENT (UINT64_MAX - 1)
+
+static uint64_t copy_present(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t to,
+			     uint64_t from, uint64_t i, uint64_t j)
 {
 	unsigned char vec[MOVE_MIN_RUN];
 
 	if (mincore((void *)(uintptr_t)from, (j - i) * PG, vec))
-		return false;
+		return RUN_NOT_PRESENT;
 	for (uint64_t k = 0; k < j - i; k++)
 		if (!(vec[k] & 1))
-			return false;
-	for (uint64_t k = i; k < j; k++)
-		if (uhmm_uffd_copy(mm, to + (k - i) * PG,
-				   (void *)(uintptr_t)(from + (k - i) * PG), PG, false) == 0)
+			return RUN_NOT_PRESENT;
+	for (uint64_t k = i; k < j; k++) {
+		int rc = uhmm_uffd_copy(mm, to + (k - i) * PG,
+					(void *)(uintptr_t)(from + (k - i) * PG), PG, false);
+
+		if (rc == -EAGAIN)
+			return k;
+		if (rc == 0)
 			c->placed[k] = true;
 		else
 			c->m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+	}
+	return RUN_DONE;
+}
+
+/* Page k by copy, after a move refused it; false: restart at k (-EAGAIN). */
+static bool place_copy(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t k,
+		       uint64_t to, uint64_t from, bool to_process)
+{
+	int rc = place_one(mm, to, from, to_process);
+
+	if (rc == -EAGAIN && to_process)
+		return false;
+	c->placed[k] = rc == 0;
+	if (rc)
+		c->m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 	return true;
+}
+
+/*
+ * Place pages [i, j) (contiguous at both ends): copies for short runs into
+ * the process, else moves, copying what cannot move. RUN_DONE, or the page
+ * to start again from when a write into the process met -EAGAIN under the
+ * gate (an event is queued that the handler must read first).
+ */
+static uint64_t place_run(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i, uint64_t j,
+			  uint64_t to, uint64_t from, bool to_process)
+{
+	uint64_t moved = 0;
+
+	if (to_process && j - i < MOVE_MIN_RUN) {
+		uint64_t r = copy_present(mm, c, to, from, i, j);
+
+		if (r != RUN_NOT_PRESENT)
+			return r;
+	}
+	for (uint64_t k = i; k < j;) {
+		uint64_t off = (k - i) * PG;
+		int rc = uhmm_uffd_move(mm, to + off, from + off, (j - k) * PG, &moved);
+
+		for (uint64_t q = k; q < k + moved / PG; q++)
+			c->placed[q] = true;
+		if (to_process && moved)
+			fill_holes(mm, to + off, moved);
+		k += moved / PG;
+		if (k >= j)
+			break;
+		if (rc == -EAGAIN && to_process)
+			return k;
+		/* page k could not move (occupied slot, shared...): copy it,
+		 * then keep moving; a refused mapping copies the rest */
+		if (!place_copy(mm, c, k, to + (k - i) * PG, from + (k - i) * PG, to_process))
+			return k;
+		k++;
+		if (rc == -EINVAL || rc == -EPERM)
+			for (; k < j; k++)
+				if (!place_copy(mm, c, k, to + (k - i) * PG,
+						from + (k - i) * PG, to_process))
+					return k;
+	}
+	return RUN_DONE;
 }
 
 /*
@@ -556,8 +622,8 @@ static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 			c->dstpage[i] = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(m->dst[i]));
 
 	for (uint64_t i = 0; i < m->npages;) {
-		uint64_t to, from, j, t2, f2, moved = 0;
-		bool to_process = c->devpage[i] != NULL;
+		uint64_t to, from, j, t2, f2, again;
+		bool to_process = c->devpage[i] != NULL, gate = false;
 
 		if (!move_wanted(m, c, i, &to, &from)) {
 			i++;
@@ -569,7 +635,7 @@ static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 			continue;
 		}
 		if (!from) {	/* never-touched source: a zero page */
-			c->placed[i] = place_one(mm, c, to, 0, false);
+			c->placed[i] = place_one(mm, to, 0, false) == 0;
 			i++;
 			continue;
 		}
@@ -580,9 +646,11 @@ static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 		 * never wait for the handler, and nothing below can fault.)
 		 */
 		if (to_process) {
-			mm_lock(mm);
+			/* (the gate only around writes into the process: a
+			 * write into device memory may fault and need a read) */
+			gate = uhmm_mm_lock_gated(mm);
 			if (!still_ours(mm, c, i)) {
-				mm_unlock(mm);
+				uhmm_mm_unlock_gated(mm, gate);
 				m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 				i++;
 				continue;
@@ -594,40 +662,18 @@ static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 				(!to_process || still_ours(mm, c, j));
 		     j++)
 			;
-		if (to_process && j - i < MOVE_MIN_RUN && copy_present(mm, c, to, from, i, j)) {
-			mm_unlock(mm);
-			i = j;
+		again = place_run(mm, c, i, j, to, from, to_process);
+		if (to_process)
+			uhmm_mm_unlock_gated(mm, gate);
+		if (again != RUN_DONE) {
+			int tries = 0;
+
+			/* let the handler read and apply what is queued, then
+			 * start again at page again (still ours?) */
+			uhmm_uffd_retry_wait(mm, &tries);
+			i = again;
 			continue;
 		}
-		for (uint64_t k = i; k < j;) {
-			uint64_t off = (k - i) * PG;
-			int rc = uhmm_uffd_move(mm, to + off, from + off, (j - k) * PG, &moved);
-
-			for (uint64_t q = k; q < k + moved / PG; q++)
-				c->placed[q] = true;
-			if (to_process && moved)
-				fill_holes(mm, to + off, moved);
-			k += moved / PG;
-			if (k >= j)
-				break;
-			/* page k could not move (occupied slot, shared...): copy it,
-			 * then keep moving; a refused mapping copies the rest */
-			c->placed[k] = place_one(mm, c, to + (k - i) * PG,
-						 from + (k - i) * PG, to_process);
-			if (!c->placed[k])
-				m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
-			k++;
-			if (rc == -EINVAL || rc == -EPERM)
-				for (; k < j; k++) {
-					c->placed[k] = place_one(mm, c, to + (k - i) * PG,
-								 from + (k - i) * PG,
-								 to_process);
-					if (!c->placed[k])
-						m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
-				}
-		}
-		if (to_process)
-			mm_unlock(mm);
 		i = j;
 	}
 }
@@ -639,6 +685,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	struct uhmm_page **put;
 	uint64_t nput = 0;
 	int done = 0;
+	bool gate;
 
 	if (!m || !(c = m->priv))
 		return -EINVAL;
@@ -652,7 +699,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	 */
 	uhmm_mm_batch_barrier(mm);
 	transfer(m, c);
-	mm_lock(mm);
+	gate = uhmm_mm_lock_gated(mm);	/* no DONTNEED zap may follow our writes */
 	for (uint64_t i = 0; i < m->npages; i++) {
 		uint64_t s = m->src[i], d = m->dst[i], *pe, e;
 		bool migrate = (s & UHMM_MIGRATE_PFN_MIGRATE) && (d & UHMM_MIGRATE_PFN_VALID);
@@ -684,10 +731,19 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 			continue;
 		}
 		if (c->devpage[i]) {	/* device -> system */
-			if (migrate && (c->placed[i] ||
-					(!(d & UHMM_MIGRATE_PFN_MOVE) && c->dstbuf &&
-					 uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG,
-							PG, false) == 0))) {
+			int rc = -ENOENT;
+
+			if (migrate && !c->placed[i] && !(d & UHMM_MIGRATE_PFN_MOVE) &&
+			    c->dstbuf)
+				rc = uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG, PG, false);
+			if (rc == -EAGAIN) {
+				/* an event is queued: let the handler apply it,
+				 * then look at page i again */
+				gate = uhmm_mm_relock_gated(mm, gate);
+				i--;
+				continue;
+			}
+			if (migrate && (c->placed[i] || rc == 0)) {
 				uhmm_ent_set(mm, v, VA(m, i), 0);
 				put[nput++] = c->devpage[i];
 				if (c->devpage[i] == uhmm_wake_defer.fault_page)
@@ -710,14 +766,20 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		/* system page that stays: give it back to the process */
 		if ((s & UHMM_MIGRATE_PFN_VALID) && c->stage) {
 			uint64_t moved;
+			int rc = uhmm_uffd_move(mm, VA(m, i),
+						(uint64_t)(uintptr_t)c->stage + i * PG, PG, &moved);
 
-			if (uhmm_uffd_move(mm, VA(m, i), (uint64_t)(uintptr_t)c->stage + i * PG,
-					   PG, &moved))
-				uhmm_uffd_copy(mm, VA(m, i), c->stage + i * PG, PG, false);
+			if (rc && rc != -EAGAIN)
+				rc = uhmm_uffd_copy(mm, VA(m, i), c->stage + i * PG, PG, false);
+			if (rc == -EAGAIN) {
+				gate = uhmm_mm_relock_gated(mm, gate);
+				i--;
+				continue;
+			}
 		}
 		uhmm_ent_set(mm, v, VA(m, i), 0);
 	}
-	mm_unlock(mm);
+	uhmm_mm_unlock_gated(mm, gate);
 	if (uhmm_wake_defer.active) {
 		struct uhmm_wake_defer *w = &uhmm_wake_defer;
 
@@ -873,6 +935,7 @@ int uhmm_excl_restore(struct uhmm_mm *mm, uint64_t addr)
 	struct uhmm_excl *x;
 	struct mm_vma *v;
 	uint64_t *pe;
+	bool gate;
 	int rc;
 
 	mm_lock(mm);
@@ -888,22 +951,33 @@ int uhmm_excl_restore(struct uhmm_mm *mm, uint64_t addr)
 	mm_unlock(mm);
 	uhmm_mm_migration_begin(mm, false);
 	uhmm_invalidate(mm, UHMM_EVENT_CLEAR, addr, addr + PG, NULL, 0);
-	mm_lock(mm);
-	{
-		uint64_t moved = 0;
+	gate = uhmm_mm_lock_gated(mm);
+	for (;;) {
+		v = uhmm_vma_find(mm, addr);
+		pe = v ? uhmm_vma_ent(v, addr, false) : NULL;
+		if (!pe || *pe != ENT_MAKE(x, ENT_MIGRATING, 0)) {
+			rc = 0;		/* dropped or unmapped meanwhile: so is the page */
+			break;
+		}
+		{
+			uint64_t moved = 0;
 
-		rc = uhmm_uffd_move(mm, addr, (uint64_t)(uintptr_t)x->buf, PG, &moved);
-		/* a read-only mapping refuses moves: copy, but never from a
-		 * hole (the copy would fault, maybe on the handler itself) */
-		if (rc || moved != PG)
-			rc = page_present(x->buf)
-				     ? uhmm_uffd_copy(mm, addr, x->buf, PG, false)
-				     : uhmm_uffd_fill(mm, addr, PG, true, &moved);
+			rc = uhmm_uffd_move(mm, addr, (uint64_t)(uintptr_t)x->buf, PG, &moved);
+			/* a read-only mapping refuses moves: copy, but never from a
+			 * hole (the copy would fault, maybe on the handler itself) */
+			if ((rc || moved != PG) && rc != -EAGAIN)
+				rc = page_present(x->buf)
+					     ? uhmm_uffd_copy(mm, addr, x->buf, PG, false)
+					     : uhmm_uffd_fill(mm, addr, PG, true, &moved);
+		}
+		if (rc != -EAGAIN) {
+			uhmm_ent_set(mm, v, addr, 0);
+			break;
+		}
+		/* an event is queued: let the handler apply it, look again */
+		gate = uhmm_mm_relock_gated(mm, gate);
 	}
-	v = uhmm_vma_find(mm, addr);
-	if (v)
-		uhmm_ent_set(mm, v, addr, 0);
-	mm_unlock(mm);
+	uhmm_mm_unlock_gated(mm, gate);
 	uhmm_mm_migration_end(mm, false);
 	uhmm_uffd_wake(mm, addr, PG);
 	uhmm_excl_free(x);

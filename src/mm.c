@@ -617,6 +617,7 @@ int uhmm_mm_open(struct uhmm_mm **out, const struct uhmm_mm_opts *uopts)
 		return -ENOMEM;
 	pthread_mutex_init(&mm->lock, NULL);
 	pthread_mutex_init(&mm->backlog_lock, NULL);
+	pthread_rwlock_init(&mm->read_gate, NULL);
 	pthread_cond_init(&mm->batch_cond, NULL);
 	pthread_cond_init(&mm->fork_cond, NULL);
 	mm->uffd = mm->wake_fd = -1;
@@ -707,6 +708,7 @@ void uhmm_mm_close(struct uhmm_mm *mm)
 		close(mm->maps_fd);
 	pthread_mutex_destroy(&mm->lock);
 	pthread_mutex_destroy(&mm->backlog_lock);
+	pthread_rwlock_destroy(&mm->read_gate);
 	pthread_cond_destroy(&mm->batch_cond);
 	pthread_cond_destroy(&mm->fork_cond);
 	free(mm);

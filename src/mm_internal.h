@@ -92,6 +92,18 @@ struct uhmm_mm {
 	struct uffd_msg backlog[MM_BACKLOG];
 	unsigned int nr_backlog;
 
+	/*
+	 * A MADV_DONTNEED zaps only once its REMOVE event has been read, so a
+	 * migration writing a page back into the process must not do so while
+	 * a REMOVE is read but not applied (the zap could come after the
+	 * write: the dropped data would come back). Handlers read under the
+	 * write side of read_gate and count the REMOVEs read; writers into the
+	 * process hold the read side and wait for the count to drop to 0
+	 * (uhmm_mm_lock_gated).
+	 */
+	pthread_rwlock_t read_gate;
+	atomic_uint removes_unapplied;
+
 	/* batch barrier: wrappers wait until events they caused are handled */
 	pthread_cond_t batch_cond;	/* under backlog_lock */
 	uint64_t batch_start, batch_done;
@@ -157,6 +169,13 @@ UHMM_HIDDEN int uhmm_uffd_register(struct uhmm_mm *mm, uint64_t start,
 UHMM_HIDDEN int uhmm_uffd_unregister(struct uhmm_mm *mm, uint64_t start,
 				     uint64_t len);
 UHMM_HIDDEN int uhmm_uffd_start(struct uhmm_mm *mm);
+/* mm->lock plus the read side of read_gate, for writes of migrated data
+ * into the process; returns whether the gate was taken (never on a handler
+ * thread). Under the gate, UFFDIO copy/move report -EAGAIN instead of
+ * waiting for the handler: relock lets go, lets it catch up, takes both. */
+UHMM_HIDDEN bool uhmm_mm_lock_gated(struct uhmm_mm *mm);
+UHMM_HIDDEN void uhmm_mm_unlock_gated(struct uhmm_mm *mm, bool gated);
+UHMM_HIDDEN bool uhmm_mm_relock_gated(struct uhmm_mm *mm, bool gated);
 /* In-thread (SIGBUS) mode: route SIGBUS on @mm's ranges to its fault path. */
 UHMM_HIDDEN int uhmm_uffd_inthread_add(struct uhmm_mm *mm);
 UHMM_HIDDEN void uhmm_uffd_inthread_del(struct uhmm_mm *mm);

@@ -156,17 +156,84 @@ int uhmm_uffd_unregister(struct uhmm_mm *mm, uint64_t start, uint64_t len)
 }
 
 /* Read whatever is queued into the backlog, without blocking. */
+/* Count the REMOVE events in @n messages just read (see read_gate). */
+static void note_removes(struct uhmm_mm *mm, const struct uffd_msg *msgs, size_t n)
+{
+	unsigned int k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		k += msgs[i].event == UFFD_EVENT_REMOVE;
+	if (k)
+		atomic_fetch_add(&mm->removes_unapplied, k);
+}
+
 void uhmm_uffd_drain(struct uhmm_mm *mm)
 {
 	struct uffd_msg msg;
 
+	/* a writer into the process holds the gate: read nothing now */
+	if (pthread_rwlock_trywrlock(&mm->read_gate))
+		return;
 	pthread_mutex_lock(&mm->backlog_lock);
 	while (mm->nr_backlog < MM_BACKLOG) {
 		if (read(mm->uffd, &msg, sizeof(msg)) != sizeof(msg))
 			break;
+		note_removes(mm, &msg, 1);
 		mm->backlog[mm->nr_backlog++] = msg;
 	}
 	pthread_mutex_unlock(&mm->backlog_lock);
+	pthread_rwlock_unlock(&mm->read_gate);
+}
+
+/* This thread holds a read_gate: an EAGAIN (an event queued, unread) must
+ * not be waited out here, the handler cannot read it until we let go. */
+__thread bool uhmm_tls_gated;
+
+bool uhmm_mm_lock_gated(struct uhmm_mm *mm)
+{
+	int tries = 0;
+
+	/* A handler takes mm->lock alone: the REMOVEs it read are ones it
+	 * applies before serving faults (events run first). */
+	if (uhmm_uffd_is_handler()) {
+		mm_lock(mm);
+		return false;
+	}
+	/*
+	 * mm->lock first, then the gate without waiting for it, and never wait
+	 * with either held: the handler may need mm->lock to apply a REMOVE,
+	 * and a holder of mm->lock may need the handler to read an event.
+	 */
+	for (;;) {
+		mm_lock(mm);
+		if (pthread_rwlock_tryrdlock(&mm->read_gate) == 0) {
+			if (!atomic_load(&mm->removes_unapplied))
+				break;
+			pthread_rwlock_unlock(&mm->read_gate);
+		}
+		mm_unlock(mm);
+		uhmm_uffd_retry_wait(mm, &tries);
+	}
+	uhmm_tls_gated = true;
+	return true;
+}
+
+void uhmm_mm_unlock_gated(struct uhmm_mm *mm, bool gated)
+{
+	if (gated) {
+		uhmm_tls_gated = false;
+		pthread_rwlock_unlock(&mm->read_gate);
+	}
+	mm_unlock(mm);
+}
+
+bool uhmm_mm_relock_gated(struct uhmm_mm *mm, bool gated)
+{
+	int tries = 0;
+
+	uhmm_mm_unlock_gated(mm, gated);
+	uhmm_uffd_retry_wait(mm, &tries);	/* the handler reads and applies */
+	return uhmm_mm_lock_gated(mm);
 }
 
 void uhmm_uffd_retry_wait(struct uhmm_mm *mm, int *tries)
@@ -207,6 +274,8 @@ int uhmm_uffd_copy(struct uhmm_mm *mm, uint64_t dst, const void *src,
 		};
 
 		if (uhmm_fi_fail(UHMM_FI_UFFD_COPY)) {	/* as if mm were changing */
+			if (uhmm_tls_gated)
+				return -EAGAIN;
 			uhmm_uffd_retry_wait(mm, &tries);
 			continue;
 		}
@@ -220,6 +289,8 @@ int uhmm_uffd_copy(struct uhmm_mm *mm, uint64_t dst, const void *src,
 		}
 		if (c.copy != -EAGAIN && errno != EAGAIN)
 			return c.copy < 0 ? (int)c.copy : -errno;
+		if (uhmm_tls_gated)
+			return -EAGAIN;		/* the caller lets go and retries */
 		uhmm_uffd_retry_wait(mm, &tries);
 	}
 	if (wake)
@@ -256,6 +327,10 @@ int uhmm_uffd_move(struct uhmm_mm *mm, uint64_t dst, uint64_t src, uint64_t len,
 		if (m.move != -EAGAIN && errno != EAGAIN) {
 			*moved = done;
 			return m.move < 0 ? (int)m.move : -errno;
+		}
+		if (uhmm_tls_gated) {
+			*moved = done;
+			return -EAGAIN;		/* the caller lets go and retries */
 		}
 		uhmm_uffd_retry_wait(mm, &tries);
 	}
@@ -673,6 +748,8 @@ static void handle_event(struct uhmm_mm *mm, const struct uffd_msg *msg)
 		} else {
 			uhmm_mm_apply_unmap(mm, s, e, !unmap);
 		}
+		if (!unmap)
+			atomic_fetch_sub(&mm->removes_unapplied, 1);
 		break;
 	}
 	case UFFD_EVENT_REMAP:
@@ -807,7 +884,11 @@ static void *handler_main(void *arg)
 		pthread_mutex_lock(&mm->backlog_lock);
 		start = ++mm->batch_start;
 		pthread_mutex_unlock(&mm->backlog_lock);
+		pthread_rwlock_wrlock(&mm->read_gate);
 		n = read(mm->uffd, msgs, sizeof(msgs));
+		if (n > 0)
+			note_removes(mm, msgs, (size_t)n / sizeof(msgs[0]));
+		pthread_rwlock_unlock(&mm->read_gate);
 		if (n > 0) {
 			/*
 			 * Events first: a fault read in the same batch as a
