@@ -1044,7 +1044,10 @@ START_TEST(crash_kill_during_reconfigure)
 		struct uhmm_dax_region *r;
 		uint64_t sz;
 		int st, ok = 0;
-		pid_t pid = fork();
+		pid_t pid;
+
+		fflush(NULL);	/* the child must not inherit buffered output */
+		pid = fork();
 
 		ck_assert_int_ge(pid, 0);
 		if (!pid)
