@@ -180,31 +180,27 @@ uint64_t uhmm_fi_stats(FILE *f)
 }
 
 /* Not renamed here: these call the real allocator. */
+static bool fi_malloc_fails(void)
+{
+	if (!uhmm_fi_fail(UHMM_FI_MALLOC))
+		return false;
+	errno = ENOMEM;
+	return true;
+}
+
 void *uhmm_fi_malloc(size_t size)
 {
-	if (uhmm_fi_fail(UHMM_FI_MALLOC)) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	return malloc(size);
+	return fi_malloc_fails() ? NULL : malloc(size);
 }
 
 void *uhmm_fi_calloc(size_t nmemb, size_t size)
 {
-	if (uhmm_fi_fail(UHMM_FI_MALLOC)) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	return calloc(nmemb, size);
+	return fi_malloc_fails() ? NULL : calloc(nmemb, size);
 }
 
 void *uhmm_fi_realloc(void *ptr, size_t size)
 {
-	if (uhmm_fi_fail(UHMM_FI_MALLOC)) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	return realloc(ptr, size);
+	return fi_malloc_fails() ? NULL : realloc(ptr, size);
 }
 #else
 /* ISO C forbids an empty translation unit. */

@@ -190,11 +190,7 @@ static struct mig_ctl *ctl_alloc(uint64_t n)
 	c->put = calloc(2 * n, sizeof(*c->put));
 	c->placed = calloc(n, sizeof(*c->placed));
 	if (!c->devpage || !c->dstpage || !c->put || !c->placed) {
-		free(c->devpage);
-		free(c->dstpage);
-		free(c->put);
-		free(c->placed);
-		free(c);
+		ctl_free(NULL, c, n);	/* nothing staged yet: no mm needed */
 		return NULL;
 	}
 	return c;
@@ -521,6 +517,20 @@ static bool still_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i)
  */
 #define MOVE_MIN_RUN 8
 
+/* Page k by copy (short run, or a move refused it); false: restart at k (-EAGAIN). */
+static bool place_copy(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t k,
+		       uint64_t to, uint64_t from, bool to_process)
+{
+	int rc = place_one(mm, to, from, to_process);
+
+	if (rc == -EAGAIN && to_process)
+		return false;
+	c->placed[k] = rc == 0;
+	if (rc)
+		c->m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+	return true;
+}
+
 #define RUN_DONE UINT64_MAX		/* place_run: every page handled */
 #define RUN_NOT_PRESENT (UINT64_MAX - 1)
 
@@ -534,32 +544,10 @@ static uint64_t copy_present(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t to,
 	for (uint64_t k = 0; k < j - i; k++)
 		if (!(vec[k] & 1))
 			return RUN_NOT_PRESENT;
-	for (uint64_t k = i; k < j; k++) {
-		int rc = uhmm_uffd_copy(mm, to + (k - i) * PG,
-					(void *)(uintptr_t)(from + (k - i) * PG), PG, false);
-
-		if (rc == -EAGAIN)
+	for (uint64_t k = i; k < j; k++)
+		if (!place_copy(mm, c, k, to + (k - i) * PG, from + (k - i) * PG, true))
 			return k;
-		if (rc == 0)
-			c->placed[k] = true;
-		else
-			c->m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
-	}
 	return RUN_DONE;
-}
-
-/* Page k by copy, after a move refused it; false: restart at k (-EAGAIN). */
-static bool place_copy(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t k,
-		       uint64_t to, uint64_t from, bool to_process)
-{
-	int rc = place_one(mm, to, from, to_process);
-
-	if (rc == -EAGAIN && to_process)
-		return false;
-	c->placed[k] = rc == 0;
-	if (rc)
-		c->m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
-	return true;
 }
 
 /*

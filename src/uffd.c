@@ -59,9 +59,7 @@ bool uhmm_uffd_is_handler(void)
 static int uffd_new_fd(void)
 {
 	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	int dev;
-
-	int sys_err;
+	int dev, sys_err;
 
 	if (fd >= 0)
 		return fd;
@@ -155,7 +153,6 @@ int uhmm_uffd_unregister(struct uhmm_mm *mm, uint64_t start, uint64_t len)
 	return ioctl(mm->uffd, UFFDIO_UNREGISTER, &r) ? -errno : 0;
 }
 
-/* Read whatever is queued into the backlog, without blocking. */
 /* Count the REMOVE events in @n messages just read (see read_gate). */
 static void note_removes(struct uhmm_mm *mm, const struct uffd_msg *msgs, size_t n)
 {
@@ -167,6 +164,7 @@ static void note_removes(struct uhmm_mm *mm, const struct uffd_msg *msgs, size_t
 		atomic_fetch_add(&mm->removes_unapplied, k);
 }
 
+/* Read whatever is queued into the backlog, without blocking. */
 void uhmm_uffd_drain(struct uhmm_mm *mm)
 {
 	struct uffd_msg msg;
@@ -603,7 +601,11 @@ static void inthread_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno, rc = 1;
 
-	if (si->si_code == BUS_ADRERR) {
+	if (si->si_code == BUS_ADRERR && uhmm_tls_mm_locked) {
+		/* uhmm itself touched a hole under its lock: a bug; serving it
+		 * here would deadlock, so the SIGBUS goes through */
+		uhmm_log(UHMM_LOG_ERROR, "fault at %p under mm lock", si->si_addr);
+	} else if (si->si_code == BUS_ADRERR) {
 		uint64_t addr = (uint64_t)(uintptr_t)si->si_addr;
 		bool wp, write = fault_is_write(uc, &wp);
 
@@ -611,17 +613,8 @@ static void inthread_sigbus(int sig, siginfo_t *si, void *uc)
 		for (int i = 0; i < INTHREAD_MAX && rc > 0; i++) {
 			struct uhmm_mm *mm = atomic_load(&inthread_mms[i]);
 
-			if (!mm)
-				continue;
-			if (uhmm_tls_mm_locked) {
-				/* uhmm itself touched a hole under its lock: a bug;
-				 * waiting here would deadlock */
-				uhmm_log(UHMM_LOG_ERROR, "fault at %#llx under mm lock",
-					 (unsigned long long)addr);
-				rc = -EDEADLK;
-				break;
-			}
-			rc = inthread_fault(mm, addr, write, wp);
+			if (mm)
+				rc = inthread_fault(mm, addr, write, wp);
 		}
 		atomic_fetch_sub(&inthread_running, 1);
 	}
@@ -632,9 +625,8 @@ static void inthread_sigbus(int sig, siginfo_t *si, void *uc)
 
 int uhmm_uffd_inthread_add(struct uhmm_mm *mm)
 {
-	int err = -EBUSY;
-
 	struct sigaction cur;
+	int err = -EBUSY;
 
 	pthread_mutex_lock(&inthread_lock);
 	/* (Re)install unless ours is in place: the application may have put

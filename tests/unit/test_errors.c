@@ -174,17 +174,24 @@ static bool deny_uffd(int sys_err, int open_err)
 	return seccomp_install(rules, sizeof(rules) / sizeof(rules[0]));
 }
 
-/* Neither the syscall nor /dev/userfaultfd exists (an old or stripped kernel). */
-START_TEST(mm_open_without_userfaultfd_is_enosys)
+/* With the filter in place (else skip: no seccomp), uhmm_mm_open fails with
+ * @want and leaves no mm behind. */
+static void expect_open_fails(bool filtered, int want)
 {
 	struct uhmm_mm *m = (void *)1;
 
-	if (!deny_uffd(ENOSYS, ENOENT)) {
+	if (!filtered) {
 		t_skip("seccomp filters unavailable");
 		return;
 	}
-	ck_assert_int_eq(uhmm_mm_open(&m, NULL), -ENOSYS);
+	ck_assert_int_eq(uhmm_mm_open(&m, NULL), want);
 	ck_assert_ptr_null(m);
+}
+
+/* Neither the syscall nor /dev/userfaultfd exists (an old or stripped kernel). */
+START_TEST(mm_open_without_userfaultfd_is_enosys)
+{
+	expect_open_fails(deny_uffd(ENOSYS, ENOENT), -ENOSYS);
 }
 END_TEST
 
@@ -195,28 +202,15 @@ START_TEST(mm_open_userfaultfd_refused_is_eperm)
 		{ SYS_userfaultfd, -1, 0, EPERM },
 		{ SYS_ioctl, 1, (uint32_t)USERFAULTFD_IOC_NEW, EPERM },
 	};
-	struct uhmm_mm *m = (void *)1;
 
-	if (!seccomp_install(rules, 2)) {
-		t_skip("seccomp filters unavailable");
-		return;
-	}
-	ck_assert_int_eq(uhmm_mm_open(&m, NULL), -EPERM);
-	ck_assert_ptr_null(m);
+	expect_open_fails(seccomp_install(rules, 2), -EPERM);
 }
 END_TEST
 
 /* Both ways in are refused with EPERM (e.g. an LSM denies the device open). */
 START_TEST(mm_open_userfaultfd_and_device_refused_is_eperm)
 {
-	struct uhmm_mm *m = (void *)1;
-
-	if (!deny_uffd(EPERM, EPERM)) {
-		t_skip("seccomp filters unavailable");
-		return;
-	}
-	ck_assert_int_eq(uhmm_mm_open(&m, NULL), -EPERM);
-	ck_assert_ptr_null(m);
+	expect_open_fails(deny_uffd(EPERM, EPERM), -EPERM);
 }
 END_TEST
 
@@ -230,30 +224,16 @@ START_TEST(mm_open_uffd_without_features_is_eopnotsupp)
 	struct sc_rule rules[] = {
 		{ SYS_ioctl, 1, (uint32_t)UFFDIO_API, 0 },
 	};
-	struct uhmm_mm *m = (void *)1;
 
-	if (!seccomp_install(rules, 1)) {
-		t_skip("seccomp filters unavailable");
-		return;
-	}
-	ck_assert_int_eq(uhmm_mm_open(&m, NULL), -EOPNOTSUPP);
-	ck_assert_ptr_null(m);
+	expect_open_fails(seccomp_install(rules, 1), -EOPNOTSUPP);
 }
 END_TEST
 
-/* -EPERM from the syscall wins over the /dev/userfaultfd fallback's error. */
-
-/* vm.unprivileged_userfaultfd=0 on a kernel without /dev/userfaultfd. */
+/* vm.unprivileged_userfaultfd=0 on a kernel without /dev/userfaultfd: the
+ * syscall's EPERM wins over the fallback's error. */
 START_TEST(mm_open_not_permitted_no_device_is_eperm)
 {
-	struct uhmm_mm *m = (void *)1;
-
-	if (!deny_uffd(EPERM, ENOENT)) {
-		t_skip("seccomp filters unavailable");
-		return;
-	}
-	ck_assert_int_eq(uhmm_mm_open(&m, NULL), -EPERM);
-	ck_assert_ptr_null(m);
+	expect_open_fails(deny_uffd(EPERM, ENOENT), -EPERM);
 }
 END_TEST
 
