@@ -409,8 +409,23 @@ void *uhmm_migrate_dst_buf(const struct uhmm_migrate *m, uint64_t i)
 	return c->dstbuf ? c->dstbuf + i * PG : NULL;
 }
 
+/*
+ * Device page of dst[i] (a device pfn), looked up once: finalize reuses what
+ * uhmm_migrate_pages() found. Contiguous destinations need no table lookup.
+ */
+static struct uhmm_page *dst_page(const struct uhmm_migrate *m, struct mig_ctl *c,
+				  uint64_t i, const struct uhmm_page *prev)
+{
+	uint64_t pfn = uhmm_migrate_pfn_to_pfn(m->dst[i]);
+
+	if (!c->dstpage[i] || uhmm_page_to_pfn(c->dstpage[i]) != pfn)
+		c->dstpage[i] = uhmm_pfn_to_page_near(pfn, prev);
+	return c->dstpage[i];
+}
+
 int uhmm_migrate_pages(struct uhmm_migrate *m)
 {
+	struct uhmm_page *prev = NULL;
 	int ret = 0;
 
 	if (!m || !m->priv)
@@ -425,7 +440,7 @@ int uhmm_migrate_pages(struct uhmm_migrate *m)
 			continue;
 		}
 		if ((d & UHMM_MIGRATE_PFN_DEVICE) &&
-		    (!uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(d)) ||
+		    (!(prev = dst_page(m, m->priv, i, prev)) ||
 		     (m->src[i] & UHMM_MIGRATE_PFN_DEVICE))) {
 			/* unknown page, or device to device (not supported) */
 			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
@@ -604,10 +619,12 @@ static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 {
 	struct uhmm_mm *mm = m->mm;
 
+	struct uhmm_page *prev = NULL;
+
 	for (uint64_t i = 0; i < m->npages; i++)
 		if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
 		    (m->dst[i] & UHMM_MIGRATE_PFN_DEVICE))
-			c->dstpage[i] = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(m->dst[i]));
+			prev = dst_page(m, c, i, prev);
 
 	for (uint64_t i = 0; i < m->npages;) {
 		uint64_t to, from, j, t2, f2, again;
@@ -671,6 +688,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	struct mig_ctl *c;
 	struct uhmm_mm *mm;
 	struct uhmm_page **put;
+	struct mm_vma *v;
 	uint64_t nput = 0;
 	int done = 0;
 	bool gate;
@@ -688,11 +706,11 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	uhmm_mm_batch_barrier(mm);
 	transfer(m, c);
 	gate = uhmm_mm_lock_gated(mm);	/* no DONTNEED zap may follow our writes */
+	v = NULL;			/* the range of page i, while mm->lock is held */
 	for (uint64_t i = 0; i < m->npages; i++) {
 		uint64_t s = m->src[i], d = m->dst[i], *pe, e;
 		bool migrate = (s & UHMM_MIGRATE_PFN_MIGRATE) && (d & UHMM_MIGRATE_PFN_VALID);
 		struct uhmm_page *dpg = NULL;
-		struct mm_vma *v;
 
 		/* without uhmm_migrate_pages(), dst[] is unchecked: a system
 		 * source needs a real device page, a device source system memory */
@@ -705,7 +723,8 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		if (!migrate)
 			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 
-		v = uhmm_vma_find(mm, VA(m, i));
+		if (!v || VA(m, i) < v->start || VA(m, i) >= v->end)
+			v = uhmm_vma_find(mm, VA(m, i));
 		pe = v ? uhmm_vma_ent(v, VA(m, i), false) : NULL;
 		e = pe ? *pe : 0;
 		if (!(ENT_STATE(e) == ENT_MIGRATING && ENT_PTR(e) == c)) {
@@ -728,6 +747,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 				/* an event is queued: let the handler apply it,
 				 * then look at page i again */
 				gate = uhmm_mm_relock_gated(mm, gate);
+				v = NULL;
 				i--;
 				continue;
 			}
@@ -761,6 +781,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 				rc = uhmm_uffd_copy(mm, VA(m, i), c->stage + i * PG, PG, false);
 			if (rc == -EAGAIN) {
 				gate = uhmm_mm_relock_gated(mm, gate);
+				v = NULL;
 				i--;
 				continue;
 			}

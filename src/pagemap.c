@@ -694,6 +694,19 @@ struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn)
 	return page;
 }
 
+struct uhmm_page *uhmm_pfn_to_page_near(uint64_t pfn, const struct uhmm_page *prev)
+{
+	/* @prev's reference keeps its pagemap, and so its page array, alive */
+	if (prev && prev->pgmap) {
+		struct uhmm_pagemap_priv *priv = pm_priv(prev->pgmap);
+		uint64_t k = (uint64_t)(prev - priv->pages) + 1;
+
+		if (k < priv->nr_pages && uhmm_page_to_pfn(&priv->pages[k]) == pfn)
+			return &priv->pages[k];
+	}
+	return uhmm_pfn_to_page(pfn);
+}
+
 uint64_t uhmm_page_index(const struct uhmm_page *page)
 {
 	return (uint64_t)(page - pm_priv(page->pgmap)->pages);

@@ -34,6 +34,13 @@ UHMM_HIDDEN void uhmm_pagemap_set_evict_hook(uhmm_pagemap_evict_fn fn);
 UHMM_HIDDEN struct uhmm_page *uhmm_pagemap_page(struct uhmm_pagemap *pgmap,
 						uint64_t idx);
 
+/*
+ * uhmm_pfn_to_page() for a pfn likely to follow @prev's (a referenced page
+ * or NULL): no table lookup when it does. For loops over contiguous pfns.
+ */
+UHMM_HIDDEN struct uhmm_page *uhmm_pfn_to_page_near(uint64_t pfn,
+						    const struct uhmm_page *prev);
+
 /* Inverse of uhmm_pagemap_page(): the page's index in its pagemap. */
 UHMM_HIDDEN uint64_t uhmm_page_index(const struct uhmm_page *page);
 

@@ -300,10 +300,10 @@ static uint64_t now_ns(void)
 }
 
 /* True if the CPU entry of addr is device page pg (s->lock held). */
-static bool cpu_entry_is(struct uhmm_sim *s, uint64_t addr, struct uhmm_page *pg)
+static void cpu_entries_are(struct uhmm_sim *s, uint64_t addr,
+			    struct uhmm_page *const *pg, uint64_t n, bool *ok)
 {
-	struct mm_vma *v;
-	uint64_t e = 0;
+	struct mm_vma *v = NULL;
 
 	/*
 	 * Never wait for mm->lock under s->lock: its holder may be waiting for
@@ -311,13 +311,29 @@ static bool cpu_entry_is(struct uhmm_sim *s, uint64_t addr, struct uhmm_page *pg
 	 * Busy means "not known to be mapped": the page is simply not mapped
 	 * now and the next access faults it in.
 	 */
-	if (uhmm_uffd_is_handler() || !mm_trylock(s->mm))
-		return false;
-	v = uhmm_vma_find(s->mm, addr);
-	if (v && v->ents)
-		e = v->ents[(addr - v->start) >> UHMM_PAGE_SHIFT];
+	if (uhmm_uffd_is_handler() || !mm_trylock(s->mm)) {
+		memset(ok, 0, n * sizeof(*ok));
+		return;
+	}
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t a = addr + i * PG, e = 0;
+
+		if (!v || a < v->start || a >= v->end)
+			v = uhmm_vma_find(s->mm, a);
+		if (v && v->ents)
+			e = v->ents[(a - v->start) >> UHMM_PAGE_SHIFT];
+		ok[i] = pg[i] && ENT_STATE(e) == ENT_DEVICE && ENT_PTR(e) == pg[i];
+	}
 	mm_unlock(s->mm);
-	return ENT_STATE(e) == ENT_DEVICE && ENT_PTR(e) == pg;
+}
+
+/* The CPU entry of @addr is device page @pg (see cpu_entries_are()). */
+static bool cpu_entry_is(struct uhmm_sim *s, uint64_t addr, struct uhmm_page *pg)
+{
+	bool ok;
+
+	cpu_entries_are(s, addr, &pg, 1, &ok);
+	return ok;
 }
 
 /* Fill the device page table for [a, b) (read_begin/range_fault/retry). */
@@ -497,6 +513,54 @@ static void sim_evict_some(struct uhmm_sim *s, uint64_t want)
 	uhmm_migrate_device_range(&s->pgmap, first, UHMM_MIN(s->capacity, want * 4));
 }
 
+/*
+ * The sim's DMA engine: copy the sources of a migration into the device
+ * pages @pages[i] (NULL: not migrating) with process_vm_readv. The kernel
+ * reads each page through its own mapping, as a device reads physical
+ * memory; a CPU load from a page UFFDIO_MOVE has just placed costs ~2.5 us
+ * on a shadow-paging VM (README, "Performance"). Runs contiguous at both
+ * ends go as one iovec; whatever the call leaves is copied with memcpy.
+ */
+static void dma_copy_in(const struct uhmm_migrate *m, struct uhmm_page *const *pages,
+			uint64_t n)
+{
+	struct iovec loc[MIG_PIECE], rem[MIG_PIECE];
+	unsigned long nv = 0;
+	ssize_t r = 0;
+
+	for (uint64_t i = 0; i < n; i++) {
+		uint8_t *to = pages[i] ? uhmm_page_to_virt(pages[i]) : NULL;
+		uint8_t *from = to ? uhmm_migrate_src_buf(m, i) : NULL;
+
+		if (!to)
+			continue;
+		if (!from) {
+			memset(to, 0, PG);	/* never touched: zero */
+			continue;
+		}
+		if (nv && (uint8_t *)loc[nv - 1].iov_base + loc[nv - 1].iov_len == to &&
+		    (uint8_t *)rem[nv - 1].iov_base + rem[nv - 1].iov_len == from) {
+			loc[nv - 1].iov_len += PG;
+			rem[nv - 1].iov_len += PG;
+			continue;
+		}
+		loc[nv] = (struct iovec){ to, PG };
+		rem[nv++] = (struct iovec){ from, PG };
+	}
+	if (nv && !uhmm_fi_fail(UHMM_FI_PROCESS_VM))
+		r = process_vm_readv(getpid(), loc, nv, rem, nv, 0);
+	if (r < 0)
+		r = 0;		/* (seccomp, valgrind...): the CPU copies */
+	for (unsigned long k = 0; k < nv; k++) {
+		size_t skip = UHMM_MIN((size_t)r, loc[k].iov_len);
+
+		r -= (ssize_t)skip;
+		if (skip < loc[k].iov_len)
+			memcpy((uint8_t *)loc[k].iov_base + skip,
+			       (uint8_t *)rem[k].iov_base + skip, loc[k].iov_len - skip);
+	}
+}
+
 static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 {
 	uint64_t n = (end - start) / PG, src[MIG_PIECE], dst[MIG_PIECE];
@@ -505,6 +569,7 @@ static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 		.flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = s,
 	};
 	struct uhmm_page *pages[MIG_PIECE], *batch[MIG_PIECE];
+	bool mapped[MIG_PIECE];
 	uint64_t batch_left = 0, batch_next = 0;
 	bool batch_tried = false;
 	unsigned long seq;
@@ -515,8 +580,6 @@ static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 	if (err)
 		return err;
 	for (uint64_t i = 0; i < n; i++) {
-		void *from;
-
 		pages[i] = NULL;
 		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
@@ -540,16 +603,11 @@ static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 		atomic_fetch_add(&s->dev_pages, 1);
 		pages[i]->zone_device_data = s;
 		dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pages[i]));
-		if (!s->copy) {
+		if (!s->copy)
 			dst[i] |= UHMM_MIGRATE_PFN_MOVE;	/* uhmm moves it in */
-			continue;
-		}
-		from = uhmm_migrate_src_buf(&m, i);
-		if (from)
-			memcpy(uhmm_page_to_virt(pages[i]), from, PG);
-		else
-			memset(uhmm_page_to_virt(pages[i]), 0, PG);
 	}
+	if (s->copy)
+		dma_copy_in(&m, pages, n);
 	uhmm_migrate_pages(&m);
 	done = uhmm_migrate_finalize(&m);
 	/*
@@ -559,12 +617,13 @@ static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 	 * table updates also run under s->lock, so the check cannot go stale.
 	 */
 	pthread_mutex_lock(&s->lock);
-	if (!uhmm_interval_read_retry(&s->notifier, seq))
+	if (!uhmm_interval_read_retry(&s->notifier, seq)) {
+		cpu_entries_are(s, start, pages, n, mapped);
 		for (uint64_t i = 0; i < n; i++)
-			if (pages[i] && (src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
-			    cpu_entry_is(s, start + i * PG, pages[i]))
+			if (mapped[i] && (src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 				pt_set(s, (start >> UHMM_PAGE_SHIFT) + i, PT_DEV,
 				       src[i] & UHMM_MIGRATE_PFN_WRITE, pages[i]);
+	}
 	pthread_mutex_unlock(&s->lock);
 	/* pages allocated for entries that did not migrate */
 	for (uint64_t i = 0; i < n; i++)

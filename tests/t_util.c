@@ -82,6 +82,16 @@ long t_check_pattern(const void *p, size_t len, uint64_t seed)
 	return -1;
 }
 
+long t_first_nonzero(const void *p, size_t len)
+{
+	const uint8_t *b = p;
+
+	for (size_t i = 0; i < len; i++)
+		if (b[i])
+			return (long)i;
+	return -1;
+}
+
 uint64_t t_now_ns(void)
 {
 	struct timespec ts;

@@ -48,6 +48,9 @@ void *t_map_anon(size_t len);
 /* Fill @len bytes with a pattern derived from @seed; t_check_pattern returns the first bad offset or -1. */
 void t_fill_pattern(void *p, size_t len, uint64_t seed);
 long t_check_pattern(const void *p, size_t len, uint64_t seed);
+/* Offset of the first non-zero byte of @p, or -1 (one assertion, not one per byte:
+ * each passing ck_assert sends a message to the runner). */
+long t_first_nonzero(const void *p, size_t len);
 /* Monotonic time in nanoseconds. */
 uint64_t t_now_ns(void);
 /* Number of resident pages of [p, p+len) via mincore(). */

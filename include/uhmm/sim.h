@@ -47,7 +47,9 @@ struct uhmm_sim_opts {
 	/*
 	 * The pool is host memory managed by the same mm, so by default pages
 	 * move in and out with UFFDIO_MOVE (UHMM_MIGRATE_PFN_MOVE); non-zero
-	 * makes the sim copy them itself, like a device with its own memory.
+	 * makes the sim copy them itself, like a device with its own memory:
+	 * into the device with process_vm_readv (its "DMA engine": the kernel
+	 * reads the pages, the CPU falls back to memcpy if that fails).
 	 */
 	int copy_path;
 };

@@ -551,6 +551,27 @@ START_TEST(sim_migrate_to_dev_alloc_failure_is_enomem)
 }
 END_TEST
 
+/*
+ * The copy path's DMA engine (process_vm_readv) failing is no error: the CPU
+ * copies instead, byte-exact. One injected failure per 512-page piece.
+ */
+START_TEST(sim_copy_path_dma_failure_falls_back_to_cpu_copy)
+{
+	UHMM_OPTS(sim_opts, o, .copy_path = 1);
+	uint8_t buf[LEN];
+
+	uhmm_sim_destroy(sim);
+	ck_assert_int_eq(uhmm_sim_create(mm, &o, &sim), 0);
+	fi_set("process_vm:every-1");
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, ADDR(mem, 0), NP), NP);
+	ck_assert_uint_eq(uhmm_fi_stats(NULL), 1);
+	uhmm_fi_configure(NULL);
+	ck_assert_int_eq(uhmm_sim_read(sim, ADDR(mem, 0), NP, buf), 0);
+	ck_assert_int_eq(t_check_pattern(buf, LEN, 7), -1);	/* the device's copy */
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 7), -1);	/* and back */
+}
+END_TEST
+
 static int excl_call(void *arg)
 {
 	return uhmm_sim_exclusive(sim, ADDR(mem, 0), 4);
@@ -808,6 +829,7 @@ int main(void)
 			     sim_create_pool_mmap_failure_is_enomem);
 	TCase *sic = T_TCASE("sim", sim_setup, mm_teardown,
 			     sim_migrate_to_dev_alloc_failure_is_enomem,
+			     sim_copy_path_dma_failure_falls_back_to_cpu_copy,
 			     sim_exclusive_alloc_failure_is_enomem);
 	TCase *rsc = T_TCASE("resource", res_setup, res_teardown,
 			     resource_create_alloc_failure_is_enomem,
