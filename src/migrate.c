@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <uhmm/migrate.h>
 #include "mm_internal.h"
 #include "pagemap_internal.h"
@@ -197,6 +198,24 @@ static struct mig_ctl *ctl_alloc(uint64_t n)
 }
 
 /*
+ * Give page @a back to the CPU if its entry is still @c's (mm->lock held).
+ * Once let go (here, or by a DONTNEED applied meanwhile), the entry may be
+ * another migration's, MIGRATING or already DEVICE: clearing that one would
+ * drop a device page without its reference put (a teardown waiting for it
+ * never returns) and the data with it.
+ */
+static bool let_go_if_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t a)
+{
+	struct mm_vma *v = uhmm_vma_find(mm, a);
+	uint64_t *pe = v ? uhmm_vma_ent(v, a, false) : NULL;
+
+	if (!pe || *pe != ENT_MAKE(c, ENT_MIGRATING, 0))
+		return false;
+	uhmm_ent_set(mm, v, a, 0);
+	return true;
+}
+
+/*
  * A page shared with a forked child cannot be moved (-EBUSY). Release it,
  * break the sharing with a write fault (served by the kernel, the page is
  * present), take it again and retry once. True if it moved.
@@ -206,15 +225,15 @@ static bool retry_unshared(struct uhmm_mm *mm, struct mig_ctl *c,
 {
 	uint64_t a = VA(m, i), moved = 0;
 	struct mm_vma *v;
-	bool ok = false;
+	bool ok = false, ours;
 
 	if (rc != -EBUSY)
 		return false;
 	mm_lock(mm);
-	v = uhmm_vma_find(mm, a);
-	if (v)
-		uhmm_ent_set(mm, v, a, 0);
+	ours = let_go_if_ours(mm, c, a);
 	mm_unlock(mm);
+	if (!ours)
+		return false;
 	uhmm_uffd_wake(mm, a, PG);
 	if (uhmm_uffd_populate(mm, a, PG, true))
 		return false;
@@ -351,11 +370,11 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			uint64_t bad = i + moved / PG;
 
 			if (!retry_unshared(mm, c, m, bad, rc)) {
-				/* cannot move (pinned, shared): it stays in RAM */
+				/* cannot move (pinned, shared): it stays in RAM;
+				 * the entry only if still ours (retry_unshared let
+				 * it go for a while: another migration may own it) */
 				mm_lock(mm);
-				v = uhmm_vma_find(mm, VA(m, bad));
-				if (v)
-					uhmm_ent_set(mm, v, VA(m, bad), 0);
+				let_go_if_ours(mm, c, VA(m, bad));
 				mm_unlock(mm);
 				m->src[bad] = 0;
 				uhmm_uffd_wake(mm, VA(m, bad), PG);
@@ -808,25 +827,38 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 /* ---------------------------------------------------------------------- */
 /* eviction                                                                 */
 
+/*
+ * Bring back every page of @pgmap in [first, last) that a CPU entry holds.
+ * A page that fails is skipped, not the end of the walk: the usual failure
+ * is a race (its range was unmanaged or its page brought back meanwhile, so
+ * setup finds no range: -EINVAL), and teardown waits for every page, so one
+ * page left behind is a hang. Skipped pages are tried again a few times.
+ */
 static int evict(struct uhmm_pagemap *pgmap, uint64_t first, uint64_t last)
 {
 	int count = 0;
 
 	pthread_mutex_lock(&uhmm_mm_list_lock);
 	for (struct uhmm_mm *mm = uhmm_mm_list; mm; mm = mm->next_open) {
-		for (;;) {
+		uint64_t from = 0;	/* pages below failed in this pass */
+		bool failed = false;
+
+		for (int pass = 0;;) {
 			uint64_t addr = 0;
 
 			mm_lock(mm);
 			for (size_t i = 0; i < mm->nr_vmas && !addr; i++) {
 				struct mm_vma *v = &mm->vmas[i];
 
+				if (v->end <= from)
+					continue;
 				for (uint64_t k = 0; v->nents && k < (v->end - v->start) / PG; k++) {
 					uint64_t e = v->ents[k];
 					struct uhmm_page *pg = ENT_PTR(e);
 					uint64_t pfn;
 
-					if (ENT_STATE(e) != ENT_DEVICE || pg->pgmap != pgmap)
+					if (ENT_STATE(e) != ENT_DEVICE || pg->pgmap != pgmap ||
+					    v->start + k * PG < from)
 						continue;
 					pfn = uhmm_page_to_pfn(pg);
 					if (pfn >= first && pfn < last) {
@@ -836,8 +868,21 @@ static int evict(struct uhmm_pagemap *pgmap, uint64_t first, uint64_t last)
 				}
 			}
 			mm_unlock(mm);
-			if (!addr || uhmm_device_fault(mm, addr, false, 0))
-				break;
+			if (!addr) {
+				struct timespec ts = { 0, 1000000 };
+
+				if (!failed || ++pass >= 64)
+					break;
+				from = 0;	/* try the skipped ones again */
+				failed = false;
+				nanosleep(&ts, NULL);
+				continue;
+			}
+			if (uhmm_device_fault(mm, addr, false, 0)) {
+				from = addr + PG;
+				failed = true;
+				continue;
+			}
 			count++;
 		}
 	}

@@ -533,11 +533,15 @@ static void atfork_prepare(void)
 		pthread_mutex_unlock(&mm->lock);
 		uhmm_mm_bring_back(mm, 0, UINT64_MAX);
 	}
+	/* last: bringing pages back needs running handlers */
+	for (struct uhmm_mm *mm = uhmm_mm_list; mm; mm = mm->next_open)
+		uhmm_uffd_fork_park(mm);
 }
 
 static void atfork_done(void)
 {
 	for (struct uhmm_mm *mm = uhmm_mm_list; mm; mm = mm->next_open) {
+		uhmm_uffd_fork_unpark(mm);
 		pthread_mutex_lock(&mm->lock);
 		mm->forking = false;
 		pthread_cond_broadcast(&mm->fork_cond);

@@ -112,6 +112,15 @@ struct uhmm_mm {
 	pthread_cond_t fork_cond;	/* under lock */
 	unsigned int migrations;
 	bool forking;
+	/*
+	 * glibc's fork() holds every malloc arena lock while the kernel waits
+	 * for a handler to read the FORK event; a handler inside malloc then
+	 * never reads it. From the end of atfork_prepare to the parent's
+	 * atfork handler the handlers park: they read messages into the
+	 * backlog (no allocation) and run none (uffd.c).
+	 */
+	atomic_bool fork_park;
+	unsigned int parked;		/* under backlog_lock; batch_cond */
 
 	struct uhmm_notif_state *notif;
 
@@ -194,6 +203,9 @@ UHMM_HIDDEN int uhmm_uffd_wake(struct uhmm_mm *mm, uint64_t start, uint64_t len)
 UHMM_HIDDEN int uhmm_uffd_fill(struct uhmm_mm *mm, uint64_t start,
 			       uint64_t len, bool write, uint64_t *done);
 UHMM_HIDDEN void uhmm_mm_batch_barrier(struct uhmm_mm *mm);
+/* atfork: park the handlers before fork(), release them after */
+UHMM_HIDDEN void uhmm_uffd_fork_park(struct uhmm_mm *mm);
+UHMM_HIDDEN void uhmm_uffd_fork_unpark(struct uhmm_mm *mm);
 
 /* mirror.c */
 UHMM_HIDDEN int uhmm_notif_init(struct uhmm_mm *mm);

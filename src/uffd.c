@@ -859,6 +859,50 @@ static void batch_done(struct uhmm_mm *mm, uint64_t start)
 	pthread_mutex_unlock(&mm->backlog_lock);
 }
 
+/* Parked for a fork (see fork_park): read, never run, never allocate. */
+static void handler_park(struct uhmm_mm *mm)
+{
+	pthread_mutex_lock(&mm->backlog_lock);
+	mm->parked++;
+	pthread_cond_broadcast(&mm->batch_cond);
+	pthread_mutex_unlock(&mm->backlog_lock);
+	while (atomic_load(&mm->fork_park) && !atomic_load(&mm->stop)) {
+		struct pollfd p = { .fd = mm->uffd, .events = POLLIN };
+
+		uhmm_uffd_drain(mm);	/* reading the FORK event lets fork() go on */
+		poll(&p, 1, 1);
+	}
+	pthread_mutex_lock(&mm->backlog_lock);
+	mm->parked--;
+	pthread_mutex_unlock(&mm->backlog_lock);
+}
+
+void uhmm_uffd_fork_park(struct uhmm_mm *mm)
+{
+	uint64_t one = 1;
+
+	atomic_store(&mm->fork_park, true);
+	/* wake handlers sleeping in poll; uhmm_uffd_fork_unpark resets it */
+	if (write(mm->wake_fd, &one, sizeof(one)) < 0)
+		return;
+	pthread_mutex_lock(&mm->backlog_lock);
+	while (mm->parked < mm->nr_handlers)
+		pthread_cond_wait(&mm->batch_cond, &mm->backlog_lock);
+	pthread_mutex_unlock(&mm->backlog_lock);
+}
+
+void uhmm_uffd_fork_unpark(struct uhmm_mm *mm)
+{
+	uint64_t v;
+
+	if (!atomic_load(&mm->fork_park))
+		return;
+	/* a stop in between is impossible: uhmm_mm_close waits for the list lock */
+	if (read(mm->wake_fd, &v, sizeof(v)) < 0)
+		v = 0;
+	atomic_store(&mm->fork_park, false);
+}
+
 static void *handler_main(void *arg)
 {
 	struct uhmm_mm *mm = arg;
@@ -873,6 +917,10 @@ static void *handler_main(void *arg)
 		uint64_t start;
 		ssize_t n;
 
+		if (atomic_load(&mm->fork_park)) {
+			handler_park(mm);
+			continue;
+		}
 		pthread_mutex_lock(&mm->backlog_lock);
 		start = ++mm->batch_start;
 		pthread_mutex_unlock(&mm->backlog_lock);

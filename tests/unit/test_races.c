@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Regression tests for races the stress driver found, each forced into its
+ * bad order deterministically:
+ *  - a migration that lets go of a page shared with a fork child (-EBUSY)
+ *    must not clear the CPU entry if another migration took the page
+ *    meanwhile (the device page's reference and data were lost, and the
+ *    sim's teardown then waited for that reference forever);
+ *  - fork() while the handler thread runs a callback that allocates: glibc's
+ *    fork holds the malloc arena locks while the kernel waits for a handler
+ *    to read the FORK event (a deadlock before the handlers parked for forks).
+ * The program interposes madvise() to stop migration A at a chosen point; the
+ * interposer is inert unless a test arms it.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uhmm.h>
+#include "t_util.h"
+
+static struct uhmm_mm *mm;
+static struct uhmm_sim *sim;
+static uint8_t *mem;
+
+/* 0: inert; 1: armed; 2: A stopped after its populate; 3: B done */
+static atomic_int phase;
+
+int madvise(void *addr, size_t len, int advice)
+{
+	long r = syscall(SYS_madvise, addr, len, advice);
+	int armed = 1;
+
+	if (advice == MADV_POPULATE_WRITE && (uint8_t *)addr == mem &&
+	    atomic_compare_exchange_strong(&phase, &armed, 2))
+		while (atomic_load(&phase) != 3)
+			usleep(1000);
+	return (int)r;
+}
+
+static void *migrate_b(void *arg)
+{
+	int *ret = arg;
+
+	while (atomic_load(&phase) != 2)
+		usleep(1000);
+	*ret = uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 1);
+	atomic_store(&phase, 3);
+	return NULL;
+}
+
+static struct uhmm_interval_notifier watch;
+static atomic_int prot_seen;
+
+static bool watch_cb(struct uhmm_interval_notifier *s, const struct uhmm_notifier_range *r,
+		     unsigned long seq)
+{
+	uhmm_interval_set_seq(s, seq);
+	if (r->event == UHMM_EVENT_PROTECTION)
+		atomic_fetch_add(&prot_seen, 1);
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops watch_ops = { .invalidate = watch_cb };
+
+/*
+ * A migrates 4 pages shared with a fork child; it lets go of page 0 to break
+ * the sharing, and B takes page 0 to the device then. A must leave B's entry
+ * alone: page 0 keeps its data and the sim's teardown returns.
+ */
+START_TEST(unshare_retry_leaves_another_migrations_page_alone)
+{
+	UHMM_OPTS(sim_opts, o, .capacity_pages = 64);
+	struct uhmm_sim_counters c;
+	pthread_t b;
+	pid_t child;
+	int ret_b = -1, ret_a;
+
+	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
+	ck_assert_int_eq(uhmm_mm_alloc(mm, 4 * T_PAGE, 0, (void **)&mem), 0);
+	ck_assert_int_eq(uhmm_sim_create(mm, &o, &sim), 0);
+	memset(mem, 0x5a, 4 * T_PAGE);
+	ck_assert_int_eq(uhmm_interval_notifier_insert(&watch, mm, (uintptr_t)mem, 4 * T_PAGE,
+						       &watch_ops), 0);
+	fflush(NULL);
+	child = fork();		/* every page shared with the child: moves fail -EBUSY */
+	ck_assert_int_ge(child, 0);
+	if (child == 0) {
+		pause();
+		_exit(0);
+	}
+	/*
+	 * Let the handler finish the fork's PROTECTION invalidation first: were
+	 * it still open when A starts, B's read_begin would wait for it while A
+	 * waits for B (an order only this test imposes).
+	 */
+	while (!atomic_load(&prot_seen))
+		usleep(100);
+	(void)uhmm_interval_read_begin(&watch);
+	uhmm_interval_notifier_remove(&watch);
+	atomic_store(&phase, 1);
+	ck_assert_int_eq(pthread_create(&b, NULL, migrate_b, &ret_b), 0);
+	ret_a = uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 4);
+	ck_assert_int_eq(pthread_join(b, NULL), 0);
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	ck_assert_int_eq(atomic_load(&phase), 3);	/* the race was forced */
+	ck_assert_int_eq(ret_b, 1);
+	ck_assert_int_ge(ret_a, 0);
+	ck_assert_int_eq(uhmm_sim_counters(sim, &c), 0);
+	ck_assert_uint_eq(c.dev_pages, (uint64_t)ret_a + 1);	/* no page lost */
+	for (int i = 0; i < 4; i++)
+		ck_assert_uint_eq(mem[i * T_PAGE], 0x5a);
+	uhmm_sim_destroy(sim);		/* hung here (test timeout) before the fix */
+	ck_assert_int_eq(uhmm_mm_free(mm, mem, 4 * T_PAGE), 0);
+	uhmm_mm_close(mm);
+}
+END_TEST
+
+static struct uhmm_interval_notifier sub;
+static atomic_int in_cb;
+
+/* Runs on the handler thread for the raw madvise's REMOVE: sleeps while the
+ * test forks, then allocates (needs an arena lock fork() would hold). */
+static bool alloc_cb(struct uhmm_interval_notifier *s, const struct uhmm_notifier_range *r,
+		     unsigned long seq)
+{
+	uhmm_interval_set_seq(s, seq);
+	if (r->event == UHMM_EVENT_CLEAR) {
+		char *volatile p;
+
+		atomic_store(&in_cb, 1);
+		usleep(50000);
+		p = malloc(64 << 10);
+		if (p)
+			memset(p, 1, 64 << 10);
+		free(p);
+		atomic_store(&in_cb, 0);
+	}
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops alloc_ops = { .invalidate = alloc_cb };
+
+/* fork() while the handler is in a callback that allocates: no deadlock, and
+ * the callback ran to the end before the fork went on. */
+START_TEST(fork_while_handler_callback_allocates)
+{
+	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
+	ck_assert_int_eq(uhmm_mm_alloc(mm, 64 * T_PAGE, 0, (void **)&mem), 0);
+	memset(mem, 7, 64 * T_PAGE);
+	ck_assert_int_eq(uhmm_interval_notifier_insert(&sub, mm, (uintptr_t)mem,
+						       64 * T_PAGE, &alloc_ops), 0);
+	for (int it = 0; it < 3; it++) {
+		int st;
+		pid_t pid;
+
+		ck_assert_int_eq(madvise(mem + it * T_PAGE, T_PAGE, MADV_DONTNEED), 0);
+		while (!atomic_load(&in_cb))
+			usleep(100);
+		fflush(NULL);
+		pid = fork();	/* deadlocked here (test timeout) before the fix */
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0)
+			_exit(mem[63 * T_PAGE] == 7 ? 0 : 1);
+		ck_assert_int_eq(atomic_load(&in_cb), 0);	/* the fork waited for it */
+		ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+		ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+	uhmm_interval_notifier_remove(&sub);
+	ck_assert_int_eq(uhmm_mm_free(mm, mem, 64 * T_PAGE), 0);
+	uhmm_mm_close(mm);
+}
+END_TEST
+
+int main(void)
+{
+	TCase *tc = T_TCASE("races", NULL, NULL,
+			    unshare_retry_leaves_another_migrations_page_alone,
+			    fork_while_handler_callback_allocates);
+
+	return t_run_suite("races", tc, NULL);
+}
