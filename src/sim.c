@@ -29,7 +29,9 @@ struct pt_ent {
 	struct pt_ent *next;
 };
 
-#define PT_BUCKETS 4096
+/* The device page table: a hash of chains that grows x4 when chains average
+ * 2 entries (a 1 GiB mirror is 262,144 entries), rehashing under s->lock. */
+#define PT_MIN_SHIFT 12
 
 struct uhmm_sim {
 	struct uhmm_pagemap pgmap;
@@ -37,8 +39,10 @@ struct uhmm_sim {
 	struct uhmm_interval_notifier notifier;
 	struct uhmm_mm *mm;
 	pthread_mutex_t lock;		/* page table and counters */
-	struct pt_ent *pt[PT_BUCKETS];
+	struct pt_ent **pt;		/* 1 << pt_shift buckets */
+	unsigned int pt_shift;
 	uint64_t pt_count;
+	struct pt_ent *pt0[1U << PT_MIN_SHIFT];	/* the first table */
 	void *pool;
 	uint64_t capacity;
 	bool evict;
@@ -47,14 +51,42 @@ struct uhmm_sim {
 	_Atomic uint64_t dev_pages;
 };
 
-static unsigned int pt_hash(uint64_t vpn)
+static uint64_t pt_hash_shift(uint64_t vpn, unsigned int shift)
 {
-	return (unsigned int)((vpn * 0x9E3779B97F4A7C15ULL) >> 52) % PT_BUCKETS;
+	return (vpn * 0x9E3779B97F4A7C15ULL) >> (64 - shift);
+}
+
+static uint64_t pt_hash(const struct uhmm_sim *s, uint64_t vpn)
+{
+	return pt_hash_shift(vpn, s->pt_shift);
+}
+
+/* Four times the buckets; no memory just keeps the chains longer. */
+static void pt_grow(struct uhmm_sim *s)
+{
+	unsigned int shift = s->pt_shift + 2;
+	struct pt_ent **t = calloc(1ULL << shift, sizeof(*t));
+
+	if (!t)
+		return;
+	for (uint64_t h = 0; h < (1ULL << s->pt_shift); h++)
+		while (s->pt[h]) {
+			struct pt_ent *e = s->pt[h];
+			uint64_t k = pt_hash_shift(e->vpn, shift);
+
+			s->pt[h] = e->next;
+			e->next = t[k];
+			t[k] = e;
+		}
+	if (s->pt != s->pt0)
+		free(s->pt);
+	s->pt = t;
+	s->pt_shift = shift;
 }
 
 static struct pt_ent *pt_find(struct uhmm_sim *s, uint64_t vpn)
 {
-	for (struct pt_ent *e = s->pt[pt_hash(vpn)]; e; e = e->next)
+	for (struct pt_ent *e = s->pt[pt_hash(s, vpn)]; e; e = e->next)
 		if (e->vpn == vpn)
 			return e;
 	return NULL;
@@ -71,9 +103,11 @@ static bool pt_set(struct uhmm_sim *s, uint64_t vpn, uint8_t kind, bool write,
 		e = malloc(sizeof(*e));
 		if (!e)
 			return false;
+		if (s->pt_count >= 2ULL << s->pt_shift && s->pt_shift < 40)
+			pt_grow(s);
 		e->vpn = vpn;
-		e->next = s->pt[pt_hash(vpn)];
-		s->pt[pt_hash(vpn)] = e;
+		e->next = s->pt[pt_hash(s, vpn)];
+		s->pt[pt_hash(s, vpn)] = e;
 		s->pt_count++;
 	}
 	e->kind = kind;
@@ -86,9 +120,9 @@ static void pt_erase(struct uhmm_sim *s, uint64_t start, uint64_t end)
 {
 	uint64_t a = start >> UHMM_PAGE_SHIFT, b = end >> UHMM_PAGE_SHIFT;
 
-	if (b - a < PT_BUCKETS) {
+	if (b - a < (1ULL << s->pt_shift)) {
 		for (uint64_t v = a; v < b; v++)
-			for (struct pt_ent **pp = &s->pt[pt_hash(v)]; *pp; pp = &(*pp)->next)
+			for (struct pt_ent **pp = &s->pt[pt_hash(s, v)]; *pp; pp = &(*pp)->next)
 				if ((*pp)->vpn == v) {
 					struct pt_ent *e = *pp;
 
@@ -99,7 +133,7 @@ static void pt_erase(struct uhmm_sim *s, uint64_t start, uint64_t end)
 				}
 		return;
 	}
-	for (unsigned int h = 0; h < PT_BUCKETS; h++)
+	for (uint64_t h = 0; h < (1ULL << s->pt_shift); h++)
 		for (struct pt_ent **pp = &s->pt[h]; *pp;) {
 			if ((*pp)->vpn >= a && (*pp)->vpn < b) {
 				struct pt_ent *e = *pp;
@@ -226,6 +260,8 @@ int uhmm_sim_create(struct uhmm_mm *mm, const struct uhmm_sim_opts *opts,
 	if (!s)
 		return -ENOMEM;
 	pthread_mutex_init(&s->lock, NULL);
+	s->pt = s->pt0;
+	s->pt_shift = PT_MIN_SHIFT;
 	s->mm = mm;
 	s->capacity = cap;
 	s->evict = opts && opts->evict_when_full;
@@ -278,6 +314,8 @@ void uhmm_sim_destroy(struct uhmm_sim *s)
 	uhmm_memunmap_pages(&s->pgmap);
 	uhmm_interval_notifier_remove(&s->notifier);
 	pt_erase(s, 0, UINT64_MAX & ~(PG - 1));
+	if (s->pt != s->pt0)
+		free(s->pt);
 	uhmm_release_region(NULL, s->range.start);
 	uhmm_mm_unmanage(s->mm, s->pool, s->capacity * PG);
 	munmap(s->pool, s->capacity * PG);

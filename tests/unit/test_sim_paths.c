@@ -192,6 +192,36 @@ START_TEST(copy_path_fragmented_pool_is_byte_exact)
 }
 END_TEST
 
+/*
+ * A mirror larger than the device page table's first size (4096 buckets,
+ * grown x4 past 2 entries a bucket): every entry survives the rehashes.
+ */
+START_TEST(large_mirror_survives_page_table_growth)
+{
+	size_t n = 40000;
+	uint8_t *big, *buf = malloc(n * T_PAGE);
+	UHMM_OPTS(sim_opts, o, .capacity_pages = n);
+	struct uhmm_sim_counters c;
+
+	ck_assert_ptr_nonnull(buf);
+	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
+	ck_assert_int_eq(uhmm_mm_alloc(mm, n * T_PAGE, 0, (void **)&big), 0);
+	ck_assert_int_eq(uhmm_sim_create(mm, &o, &sim), 0);
+	t_fill_pattern(big, n * T_PAGE, 21);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)big, n), (int)n);
+	ck_assert_int_eq(uhmm_sim_read(sim, (uintptr_t)big, n, buf), 0);
+	ck_assert_int_eq(t_check_pattern(buf, n * T_PAGE, 21), -1);
+	ck_assert_int_eq(uhmm_sim_counters(sim, &c), 0);
+	ck_assert_uint_eq(c.faults, 0);		/* every page found in the table */
+	ck_assert_int_eq(uhmm_sim_migrate_to_sys(sim, (uintptr_t)big, n), (int)n);
+	ck_assert_int_eq(t_check_pattern(big, n * T_PAGE, 21), -1);
+	uhmm_sim_destroy(sim);
+	ck_assert_int_eq(uhmm_mm_free(mm, big, n * T_PAGE), 0);
+	uhmm_mm_close(mm);
+	free(buf);
+}
+END_TEST
+
 int main(void)
 {
 	TCase *mv = tcase_create("move_path"), *cp = tcase_create("copy_path");
@@ -204,5 +234,6 @@ int main(void)
 	tcase_add_test(cp, copy_path_untouched_pages_read_zero);
 	tcase_add_test(cp, copy_path_device_write_comes_back);
 	tcase_add_test(cp, copy_path_fragmented_pool_is_byte_exact);
+	tcase_add_test(mv, large_mirror_survives_page_table_growth);
 	return t_run_suite("sim_paths", mv, cp, NULL);
 }
