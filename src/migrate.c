@@ -337,7 +337,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 				    UHMM_MIGRATE_PFN_DEVICE |
 				    (e & ENT_WRITE ? UHMM_MIGRATE_PFN_WRITE : 0);
 			uhmm_ent_set(mm, v, VA(m, i), ENT_MAKE(c, ENT_MIGRATING, 0));
-		} else if (!e && sys_ok && !uhmm_mm_dropping_locked(mm, VA(m, i))) {
+		} else if (!e && sys_ok && !uhmm_mm_dropping_locked(mm, VA(m, i)) &&
+			   !uhmm_mm_zap_pending_locked(mm, VA(m, i))) {
 			if (!uhmm_vma_ent(v, VA(m, i), true))
 				continue;
 			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
@@ -958,7 +959,7 @@ int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t start,
 		mm_lock(mm);
 		v = uhmm_vma_find(mm, a);
 		pe = v && v->kind == VMA_ANON ? uhmm_vma_ent(v, a, true) : NULL;
-		if (!pe || *pe) {
+		if (!pe || *pe || uhmm_mm_zap_pending_locked(mm, a)) {
 			mm_unlock(mm);
 			uhmm_excl_free(x);
 			err = !pe ? -EINVAL : -EBUSY;

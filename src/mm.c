@@ -379,6 +379,54 @@ bool uhmm_mm_dropping_locked(struct uhmm_mm *mm, uint64_t addr)
 	return false;
 }
 
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+void uhmm_mm_zap_note_locked(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	struct mm_zap *z;
+
+	uhmm_lockdep_assert_held(&mm->lock);
+	if (mm->nr_zap < MM_MAX_ZAP) {
+		mm->zap[mm->nr_zap++] = (struct mm_zap){ start, end, mono_ns() };
+		return;
+	}
+	/* full: widen the newest record (more pages wait, none is missed) */
+	z = &mm->zap[MM_MAX_ZAP - 1];
+	z->start = UHMM_MIN(z->start, start);
+	z->end = UHMM_MAX(z->end, end);
+	z->read_ns = mono_ns();
+}
+
+bool uhmm_mm_zap_pending_locked(struct uhmm_mm *mm, uint64_t addr)
+{
+	unsigned char vec = 0;
+	uint64_t now;
+	bool in = false;
+
+	uhmm_lockdep_assert_held(&mm->lock);
+	if (!mm->nr_zap)
+		return false;
+	now = mono_ns();
+	for (unsigned int i = 0; i < mm->nr_zap;) {
+		struct mm_zap *z = &mm->zap[i];
+
+		if (now - z->read_ns > MM_ZAP_EXPIRE_NS) {
+			*z = mm->zap[--mm->nr_zap];
+			continue;
+		}
+		in |= addr >= z->start && addr < z->end;
+		i++;
+	}
+	/* absent: nothing left to zap here (a hole migrates as zeros) */
+	return in && mincore((void *)(uintptr_t)addr, UHMM_PAGE_SIZE, &vec) == 0 && (vec & 1);
+}
+
 static void suppress_del(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 {
 	mm_lock(mm);

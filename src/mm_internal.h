@@ -52,6 +52,20 @@ struct mm_suppress {
 	uint64_t start, end;
 };
 
+/*
+ * A plain MADV_DONTNEED whose REMOVE event the handler has read: the kernel
+ * zaps the range only after that, at a moment user space cannot observe. A
+ * page still present in it may hold data the zap is about to drop, so it is
+ * not taken (migration, exclusive) until it is absent or the record expires.
+ */
+struct mm_zap {
+	uint64_t start, end;
+	uint64_t read_ns;		/* when the event was read (CLOCK_MONOTONIC) */
+};
+
+#define MM_MAX_ZAP 32
+#define MM_ZAP_EXPIRE_NS 2000000000ULL	/* the zap follows the read within microseconds */
+
 /* Exclusive access: the page's data parked in @buf while a device owns it. */
 struct uhmm_excl {
 	void *buf;			/* one page of its own managed mapping */
@@ -86,6 +100,8 @@ struct uhmm_mm {
 
 	struct mm_suppress suppress[MM_MAX_SUPPRESS];
 	unsigned int nr_suppress;
+	struct mm_zap zap[MM_MAX_ZAP];	/* under lock */
+	unsigned int nr_zap;
 
 	/* messages drained by a handler while it waited inside a callback */
 	pthread_mutex_t backlog_lock;	/* backlog only; leaf lock */
@@ -154,6 +170,10 @@ UHMM_HIDDEN bool uhmm_mm_suppressed(struct uhmm_mm *mm, uint8_t event,
 				    uint64_t start, uint64_t end);
 /* addr is inside a uhmm_madvise() drop in progress (mm->lock held) */
 UHMM_HIDDEN bool uhmm_mm_dropping_locked(struct uhmm_mm *mm, uint64_t addr);
+/* a plain DONTNEED's REMOVE was read (mm->lock held; see struct mm_zap) */
+UHMM_HIDDEN void uhmm_mm_zap_note_locked(struct uhmm_mm *mm, uint64_t start, uint64_t end);
+/* page @addr is present and a noted zap may still drop it (mm->lock held) */
+UHMM_HIDDEN bool uhmm_mm_zap_pending_locked(struct uhmm_mm *mm, uint64_t addr);
 UHMM_HIDDEN void uhmm_mm_apply_unmap(struct uhmm_mm *mm, uint64_t start,
 				     uint64_t end, bool clear_only);
 UHMM_HIDDEN void uhmm_mm_apply_remap(struct uhmm_mm *mm, uint64_t from,

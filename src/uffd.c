@@ -733,6 +733,11 @@ static void handle_event(struct uhmm_mm *mm, const struct uffd_msg *msg)
 		 * returns sees the entries already changed.
 		 */
 		if (!uhmm_mm_suppressed(mm, msg->event, s, e)) {
+			if (!unmap) {	/* a plain DONTNEED: its zap is still to come */
+				mm_lock(mm);
+				uhmm_mm_zap_note_locked(mm, s, e);
+				mm_unlock(mm);
+			}
 			uhmm_invalidate_start(mm, unmap ? UHMM_EVENT_UNMAP : UHMM_EVENT_CLEAR,
 					      s, e, NULL, 0);
 			uhmm_mm_apply_unmap(mm, s, e, !unmap);

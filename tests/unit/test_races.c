@@ -8,7 +8,9 @@
  *    sim's teardown then waited for that reference forever);
  *  - fork() while the handler thread runs a callback that allocates: glibc's
  *    fork holds the malloc arena locks while the kernel waits for a handler
- *    to read the FORK event (a deadlock before the handlers parked for forks).
+ *    to read the FORK event (a deadlock before the handlers parked for forks);
+ *  - a page present where a plain MADV_DONTNEED's zap may still come is not
+ *    taken by a migration (it carried the dropped data to the device).
  * The program interposes madvise() to stop migration A at a chosen point; the
  * interposer is inert unless a test arms it.
  */
@@ -178,11 +180,61 @@ START_TEST(fork_while_handler_callback_allocates)
 }
 END_TEST
 
+static atomic_int clear_seen;
+
+static bool clear_cb(struct uhmm_interval_notifier *s, const struct uhmm_notifier_range *r,
+		     unsigned long seq)
+{
+	uhmm_interval_set_seq(s, seq);
+	if (r->event == UHMM_EVENT_CLEAR)
+		atomic_fetch_add(&clear_seen, 1);
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops clear_ops = { .invalidate = clear_cb };
+
+/*
+ * A plain MADV_DONTNEED's zap runs after its REMOVE event is read, at a
+ * moment user space cannot see; a page present in the range meanwhile may
+ * be about to lose its data, so migrations leave it alone until it is absent
+ * or the record expires (2 s). Here the page is written again right after
+ * the DONTNEED: it stays in RAM with its new data, then migrates.
+ */
+START_TEST(raw_dontneed_page_is_not_taken_before_its_zap)
+{
+	struct uhmm_interval_notifier w;
+
+	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
+	ck_assert_int_eq(uhmm_mm_alloc(mm, 4 * T_PAGE, 0, (void **)&mem), 0);
+	ck_assert_int_eq(uhmm_sim_create(mm, NULL, &sim), 0);
+	memset(mem, 0x11, 4 * T_PAGE);
+	ck_assert_int_eq(uhmm_interval_notifier_insert(&w, mm, (uintptr_t)mem, 4 * T_PAGE,
+						       &clear_ops), 0);
+	ck_assert_int_eq(madvise(mem, T_PAGE, MADV_DONTNEED), 0);
+	while (!atomic_load(&clear_seen))	/* the handler has noted it */
+		usleep(100);
+	(void)uhmm_interval_read_begin(&w);
+	uhmm_interval_notifier_remove(&w);
+	ck_assert_uint_eq(mem[1], 0);		/* zapped */
+	memset(mem, 0x22, T_PAGE);		/* present again, new data */
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 4), 3);
+	ck_assert_uint_eq(mem[0], 0x22);
+	usleep(2100 * 1000);			/* the record expires */
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 1), 1);
+	ck_assert_uint_eq(mem[T_PAGE - 1], 0x22);	/* fault-back */
+	ck_assert_uint_eq(mem[T_PAGE], 0x11);
+	uhmm_sim_destroy(sim);
+	ck_assert_int_eq(uhmm_mm_free(mm, mem, 4 * T_PAGE), 0);
+	uhmm_mm_close(mm);
+}
+END_TEST
+
 int main(void)
 {
 	TCase *tc = T_TCASE("races", NULL, NULL,
 			    unshare_retry_leaves_another_migrations_page_alone,
-			    fork_while_handler_callback_allocates);
+			    fork_while_handler_callback_allocates,
+			    raw_dontneed_page_is_not_taken_before_its_zap);
 
 	return t_run_suite("races", tc, NULL);
 }
