@@ -57,18 +57,26 @@ static void *migrate_b(void *arg)
 }
 
 static struct uhmm_interval_notifier watch;
-static atomic_int prot_seen;
+static atomic_int seen[32];		/* invalidations seen, per event */
 
-static bool watch_cb(struct uhmm_interval_notifier *s, const struct uhmm_notifier_range *r,
+static bool count_cb(struct uhmm_interval_notifier *s, const struct uhmm_notifier_range *r,
 		     unsigned long seq)
 {
 	uhmm_interval_set_seq(s, seq);
-	if (r->event == UHMM_EVENT_PROTECTION)
-		atomic_fetch_add(&prot_seen, 1);
+	if ((unsigned int)r->event < 32)
+		atomic_fetch_add(&seen[r->event], 1);
 	return true;
 }
 
-static const struct uhmm_interval_notifier_ops watch_ops = { .invalidate = watch_cb };
+static const struct uhmm_interval_notifier_ops count_ops = { .invalidate = count_cb };
+
+/* Wait until an invalidation of kind @ev has reached @w and is over. */
+static void wait_invalidation(struct uhmm_interval_notifier *w, enum uhmm_event ev)
+{
+	while (!atomic_load(&seen[ev]))
+		usleep(100);
+	(void)uhmm_interval_read_begin(w);
+}
 
 /*
  * A migrates 4 pages shared with a fork child; it lets go of page 0 to break
@@ -88,7 +96,7 @@ START_TEST(unshare_retry_leaves_another_migrations_page_alone)
 	ck_assert_int_eq(uhmm_sim_create(mm, &o, &sim), 0);
 	memset(mem, 0x5a, 4 * T_PAGE);
 	ck_assert_int_eq(uhmm_interval_notifier_insert(&watch, mm, (uintptr_t)mem, 4 * T_PAGE,
-						       &watch_ops), 0);
+						       &count_ops), 0);
 	fflush(NULL);
 	child = fork();		/* every page shared with the child: moves fail -EBUSY */
 	ck_assert_int_ge(child, 0);
@@ -101,9 +109,7 @@ START_TEST(unshare_retry_leaves_another_migrations_page_alone)
 	 * it still open when A starts, B's read_begin would wait for it while A
 	 * waits for B (an order only this test imposes).
 	 */
-	while (!atomic_load(&prot_seen))
-		usleep(100);
-	(void)uhmm_interval_read_begin(&watch);
+	wait_invalidation(&watch, UHMM_EVENT_PROTECTION);
 	uhmm_interval_notifier_remove(&watch);
 	atomic_store(&phase, 1);
 	ck_assert_int_eq(pthread_create(&b, NULL, migrate_b, &ret_b), 0);
@@ -180,19 +186,6 @@ START_TEST(fork_while_handler_callback_allocates)
 }
 END_TEST
 
-static atomic_int clear_seen;
-
-static bool clear_cb(struct uhmm_interval_notifier *s, const struct uhmm_notifier_range *r,
-		     unsigned long seq)
-{
-	uhmm_interval_set_seq(s, seq);
-	if (r->event == UHMM_EVENT_CLEAR)
-		atomic_fetch_add(&clear_seen, 1);
-	return true;
-}
-
-static const struct uhmm_interval_notifier_ops clear_ops = { .invalidate = clear_cb };
-
 /*
  * A plain MADV_DONTNEED's zap runs after its REMOVE event is read, at a
  * moment user space cannot see; a page present in the range meanwhile may
@@ -202,19 +195,15 @@ static const struct uhmm_interval_notifier_ops clear_ops = { .invalidate = clear
  */
 START_TEST(raw_dontneed_page_is_not_taken_before_its_zap)
 {
-	struct uhmm_interval_notifier w;
-
 	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
 	ck_assert_int_eq(uhmm_mm_alloc(mm, 4 * T_PAGE, 0, (void **)&mem), 0);
 	ck_assert_int_eq(uhmm_sim_create(mm, NULL, &sim), 0);
 	memset(mem, 0x11, 4 * T_PAGE);
-	ck_assert_int_eq(uhmm_interval_notifier_insert(&w, mm, (uintptr_t)mem, 4 * T_PAGE,
-						       &clear_ops), 0);
+	ck_assert_int_eq(uhmm_interval_notifier_insert(&watch, mm, (uintptr_t)mem, 4 * T_PAGE,
+						       &count_ops), 0);
 	ck_assert_int_eq(madvise(mem, T_PAGE, MADV_DONTNEED), 0);
-	while (!atomic_load(&clear_seen))	/* the handler has noted it */
-		usleep(100);
-	(void)uhmm_interval_read_begin(&w);
-	uhmm_interval_notifier_remove(&w);
+	wait_invalidation(&watch, UHMM_EVENT_CLEAR);	/* the handler has noted it */
+	uhmm_interval_notifier_remove(&watch);
 	ck_assert_uint_eq(mem[1], 0);		/* zapped */
 	memset(mem, 0x22, T_PAGE);		/* present again, new data */
 	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 4), 3);
