@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include <uhmm/common.h>
 
 #define UHMM_HIDDEN __attribute__((visibility("hidden")))
@@ -25,6 +26,15 @@
 #define UHMM_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define UHMM_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define UHMM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+static inline uint64_t uhmm_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
 
 /* An address or pfn interval [start, end); arrays of them are kept sorted and disjoint. */
 struct uhmm_span {

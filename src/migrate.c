@@ -638,7 +638,6 @@ static uint64_t place_run(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i, uin
 static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 {
 	struct uhmm_mm *mm = m->mm;
-
 	struct uhmm_page *prev = NULL;
 
 	for (uint64_t i = 0; i < m->npages; i++)
@@ -763,14 +762,8 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 			if (migrate && !c->placed[i] && !(d & UHMM_MIGRATE_PFN_MOVE) &&
 			    c->dstbuf)
 				rc = uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG, PG, false);
-			if (rc == -EAGAIN) {
-				/* an event is queued: let the handler apply it,
-				 * then look at page i again */
-				gate = uhmm_mm_relock_gated(mm, gate);
-				v = NULL;
-				i--;
-				continue;
-			}
+			if (rc == -EAGAIN)
+				goto again;
 			if (migrate && (c->placed[i] || rc == 0)) {
 				uhmm_ent_set(mm, v, VA(m, i), 0);
 				put[nput++] = c->devpage[i];
@@ -799,14 +792,17 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 
 			if (rc && rc != -EAGAIN)
 				rc = uhmm_uffd_copy(mm, VA(m, i), c->stage + i * PG, PG, false);
-			if (rc == -EAGAIN) {
-				gate = uhmm_mm_relock_gated(mm, gate);
-				v = NULL;
-				i--;
-				continue;
-			}
+			if (rc == -EAGAIN)
+				goto again;
 		}
 		uhmm_ent_set(mm, v, VA(m, i), 0);
+		continue;
+again:
+		/* an event is queued: let the handler apply it, then look at
+		 * page i again (the ranges may have changed meanwhile) */
+		gate = uhmm_mm_relock_gated(mm, gate);
+		v = NULL;
+		i--;
 	}
 	uhmm_mm_unlock_gated(mm, gate);
 	if (uhmm_wake_defer.active) {

@@ -379,28 +379,20 @@ bool uhmm_mm_dropping_locked(struct uhmm_mm *mm, uint64_t addr)
 	return false;
 }
 
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 void uhmm_mm_zap_note_locked(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 {
 	struct mm_zap *z;
 
 	uhmm_lockdep_assert_held(&mm->lock);
 	if (mm->nr_zap < MM_MAX_ZAP) {
-		mm->zap[mm->nr_zap++] = (struct mm_zap){ start, end, mono_ns() };
+		mm->zap[mm->nr_zap++] = (struct mm_zap){ start, end, uhmm_now_ns() };
 		return;
 	}
 	/* full: widen the newest record (more pages wait, none is missed) */
 	z = &mm->zap[MM_MAX_ZAP - 1];
 	z->start = UHMM_MIN(z->start, start);
 	z->end = UHMM_MAX(z->end, end);
-	z->read_ns = mono_ns();
+	z->read_ns = uhmm_now_ns();
 }
 
 bool uhmm_mm_zap_pending_locked(struct uhmm_mm *mm, uint64_t addr)
@@ -412,7 +404,7 @@ bool uhmm_mm_zap_pending_locked(struct uhmm_mm *mm, uint64_t addr)
 	uhmm_lockdep_assert_held(&mm->lock);
 	if (!mm->nr_zap)
 		return false;
-	now = mono_ns();
+	now = uhmm_now_ns();
 	for (unsigned int i = 0; i < mm->nr_zap;) {
 		struct mm_zap *z = &mm->zap[i];
 

@@ -329,15 +329,7 @@ static bool args_ok(struct uhmm_sim *s, uint64_t addr, uint64_t npages, const vo
 	       npages < (1ULL << 36) && addr + npages * PG > addr;
 }
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-/* True if the CPU entry of addr is device page pg (s->lock held). */
+/* ok[i]: the CPU entry of page i from @addr is device page pg[i] (s->lock held). */
 static void cpu_entries_are(struct uhmm_sim *s, uint64_t addr,
 			    struct uhmm_page *const *pg, uint64_t n, bool *ok)
 {
@@ -377,7 +369,7 @@ static bool cpu_entry_is(struct uhmm_sim *s, uint64_t addr, struct uhmm_page *pg
 /* Fill the device page table for [a, b) (read_begin/range_fault/retry). */
 static int sim_fault(struct uhmm_sim *s, uint64_t a, uint64_t b, bool write)
 {
-	uint64_t pfns[PIECE], t0 = now_ns();
+	uint64_t pfns[PIECE], t0 = uhmm_now_ns();
 	struct uhmm_range r = {
 		.notifier = &s->notifier, .start = a, .end = b, .hmm_pfns = pfns,
 		.default_flags = UHMM_PFN_REQ_FAULT | (write ? UHMM_PFN_REQ_WRITE : 0),
@@ -386,7 +378,7 @@ static int sim_fault(struct uhmm_sim *s, uint64_t a, uint64_t b, bool write)
 	int err;
 
 	for (;;) {
-		if (now_ns() - t0 > BUSY_BUDGET_NS)
+		if (uhmm_now_ns() - t0 > BUSY_BUDGET_NS)
 			return -EBUSY;
 		r.notifier_seq = uhmm_interval_read_begin(&s->notifier);
 		err = uhmm_range_fault(&r);
@@ -437,7 +429,7 @@ static bool kinds_unchanged(struct uhmm_sim *s, uint64_t a, uint64_t n,
 static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 		      bool write)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = uhmm_now_ns();
 	uint8_t kinds[PIECE];
 
 	for (;;) {
@@ -446,7 +438,7 @@ static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 		struct iovec local, remote;
 		int err;
 
-		if (now_ns() - t0 > BUSY_BUDGET_NS)
+		if (uhmm_now_ns() - t0 > BUSY_BUDGET_NS)
 			return -EBUSY;
 		seq = uhmm_interval_read_begin(&s->notifier);
 		pthread_mutex_lock(&s->lock);
@@ -745,7 +737,7 @@ int uhmm_sim_snapshot(struct uhmm_sim *s, uint64_t addr, uint64_t npages,
 	if (!args_ok(s, addr, npages, prot))
 		return -EINVAL;
 	for (uint64_t off = 0; off < npages; off += PIECE) {
-		uint64_t n = UHMM_MIN(PIECE, npages - off), t0 = now_ns();
+		uint64_t n = UHMM_MIN(PIECE, npages - off), t0 = uhmm_now_ns();
 		struct uhmm_range r = {
 			.notifier = &s->notifier, .start = addr + off * PG,
 			.end = addr + (off + n) * PG, .hmm_pfns = pfns,
@@ -754,7 +746,7 @@ int uhmm_sim_snapshot(struct uhmm_sim *s, uint64_t addr, uint64_t npages,
 		int err;
 
 		do {
-			if (now_ns() - t0 > BUSY_BUDGET_NS)
+			if (uhmm_now_ns() - t0 > BUSY_BUDGET_NS)
 				return -EBUSY;
 			memset(pfns, 0, sizeof(pfns));
 			r.notifier_seq = uhmm_interval_read_begin(&s->notifier);

@@ -796,14 +796,6 @@ static int handle_msg(struct uhmm_mm *mm, const struct uffd_msg *msg)
 	return 0;
 }
 
-static uint64_t now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
 #define MAX_DEFERRED 256
 
 struct handler_state {
@@ -913,7 +905,7 @@ static void *handler_main(void *arg)
 	struct uhmm_mm *mm = arg;
 	struct handler_state *hs = calloc(1, sizeof(*hs));
 	struct uffd_msg msgs[32];
-	uint64_t last = now_us();
+	uint64_t last = uhmm_now_ns();
 
 	tls_handler_mm = mm;
 	if (!hs)
@@ -948,7 +940,7 @@ static void *handler_main(void *arg)
 					run_msg(mm, hs, &msgs[i]);
 			run_backlog_and_deferred(mm, hs);
 			batch_done(mm, start);
-			last = now_us();
+			last = uhmm_now_ns();
 			continue;
 		}
 		run_backlog_and_deferred(mm, hs);
@@ -959,7 +951,7 @@ static void *handler_main(void *arg)
 			poll(&p, 1, 1);
 			continue;
 		}
-		if (mm->spin_usec && now_us() - last < mm->spin_usec) {
+		if (mm->spin_usec && uhmm_now_ns() - last < (uint64_t)mm->spin_usec * 1000) {
 			__builtin_ia32_pause();
 			continue;
 		}
@@ -968,7 +960,7 @@ static void *handler_main(void *arg)
 			{ .fd = mm->wake_fd, .events = POLLIN },
 		};
 		poll(pf, 2, -1);
-		last = now_us();
+		last = uhmm_now_ns();
 	}
 	free(hs);
 	return NULL;
