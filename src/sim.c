@@ -22,16 +22,32 @@
 enum { PT_SYS = 1, PT_DEV = 2, PT_ATOMIC = 3 };
 
 struct pt_ent {
-	uint64_t vpn;
-	uint8_t kind;
-	bool write;
 	void *data;			/* PT_DEV: uhmm_page; PT_ATOMIC: buffer */
-	struct pt_ent *next;
+	uint8_t kind;			/* 0: no entry */
+	bool write;
 };
 
-/* The device page table: a hash of chains that grows x4 when chains average
- * 2 entries (a 1 GiB mirror is 262,144 entries), rehashing under s->lock. */
-#define PT_MIN_SHIFT 12
+/*
+ * The device page table: a radix tree like a CPU's, 512 slots a level,
+ * four levels of nodes above leaves of entries (45 bits of page number:
+ * 57-bit addresses). Setting an entry allocates nothing once its leaf
+ * exists; nodes and leaves are freed when their last entry goes.
+ */
+#define PT_BITS 9
+#define PT_FAN (1U << PT_BITS)
+#define PT_LEVELS 4			/* node levels above the leaves */
+#define PT_VPN_BITS (PT_BITS * (PT_LEVELS + 1))
+
+struct pt_leaf {
+	struct pt_ent ent[PT_FAN];
+	unsigned int used;
+	struct pt_leaf *next_free;	/* in the sim's cache of empty leaves */
+};
+
+struct pt_node {
+	void *slot[PT_FAN];		/* pt_node, or pt_leaf one level up */
+	unsigned int used;
+};
 
 struct uhmm_sim {
 	struct uhmm_pagemap pgmap;
@@ -39,10 +55,11 @@ struct uhmm_sim {
 	struct uhmm_interval_notifier notifier;
 	struct uhmm_mm *mm;
 	pthread_mutex_t lock;		/* page table and counters */
-	struct pt_ent **pt;		/* 1 << pt_shift buckets */
-	unsigned int pt_shift;
-	uint64_t pt_count;
-	struct pt_ent *pt0[1U << PT_MIN_SHIFT];	/* the first table */
+	struct pt_node pt;		/* the page table's root */
+	struct pt_leaf *pt_last;	/* leaf of the last lookup (sequential) */
+	uint64_t pt_last_base;		/* its first page number */
+	struct pt_leaf *pt_free;	/* empty leaves kept for reuse: a range */
+	uint64_t pt_nfree;		/* migrated back and forth allocates none */
 	void *pool;
 	uint64_t capacity;
 	bool evict;
@@ -51,45 +68,77 @@ struct uhmm_sim {
 	_Atomic uint64_t dev_pages;
 };
 
-static uint64_t pt_hash_shift(uint64_t vpn, unsigned int shift)
+static unsigned int pt_index(uint64_t vpn, unsigned int level)
 {
-	return (vpn * 0x9E3779B97F4A7C15ULL) >> (64 - shift);
+	return (unsigned int)(vpn >> (PT_BITS * level)) & (PT_FAN - 1);
 }
 
-static uint64_t pt_hash(const struct uhmm_sim *s, uint64_t vpn)
+/* Empty leaves cached: enough for the device's capacity, and some. */
+static uint64_t pt_cache_max(const struct uhmm_sim *s)
 {
-	return pt_hash_shift(vpn, s->pt_shift);
+	return s->capacity / PT_FAN + 64;
 }
 
-/* Four times the buckets; no memory just keeps the chains longer. */
-static void pt_grow(struct uhmm_sim *s)
+static struct pt_leaf *pt_leaf_new(struct uhmm_sim *s)
 {
-	unsigned int shift = s->pt_shift + 2;
-	struct pt_ent **t = calloc(1ULL << shift, sizeof(*t));
+	struct pt_leaf *l = s->pt_free;
 
-	if (!t)
+	if (!l)
+		return calloc(1, sizeof(*l));
+	s->pt_free = l->next_free;
+	s->pt_nfree--;
+	l->next_free = NULL;
+	return l;
+}
+
+static void pt_leaf_free(struct uhmm_sim *s, struct pt_leaf *l)
+{
+	if (s->pt_nfree >= pt_cache_max(s)) {
+		free(l);
 		return;
-	for (uint64_t h = 0; h < (1ULL << s->pt_shift); h++)
-		while (s->pt[h]) {
-			struct pt_ent *e = s->pt[h];
-			uint64_t k = pt_hash_shift(e->vpn, shift);
+	}
+	l->next_free = s->pt_free;
+	s->pt_free = l;
+	s->pt_nfree++;
+}
 
-			s->pt[h] = e->next;
-			e->next = t[k];
-			t[k] = e;
+/* The leaf holding @vpn; allocated if @alloc, else NULL when absent. */
+static struct pt_leaf *pt_leaf_of(struct uhmm_sim *s, uint64_t vpn, bool alloc)
+{
+	uint64_t base = vpn & ~(uint64_t)(PT_FAN - 1);
+	struct pt_node *n = &s->pt;
+
+	if (vpn >> PT_VPN_BITS)
+		return NULL;
+	if (s->pt_last && s->pt_last_base == base)
+		return s->pt_last;
+	for (unsigned int level = PT_LEVELS; level >= 1; level--) {
+		void **slot = &n->slot[pt_index(vpn, level)];
+
+		if (!*slot) {
+			if (!alloc)
+				return NULL;
+			*slot = level > 1 ? calloc(1, sizeof(struct pt_node)) : pt_leaf_new(s);
+			if (!*slot)
+				return NULL;
+			n->used++;
 		}
-	if (s->pt != s->pt0)
-		free(s->pt);
-	s->pt = t;
-	s->pt_shift = shift;
+		if (level == 1) {
+			s->pt_last = *slot;
+			s->pt_last_base = base;
+			return *slot;
+		}
+		n = *slot;
+	}
+	return NULL;
 }
 
 static struct pt_ent *pt_find(struct uhmm_sim *s, uint64_t vpn)
 {
-	for (struct pt_ent *e = s->pt[pt_hash(s, vpn)]; e; e = e->next)
-		if (e->vpn == vpn)
-			return e;
-	return NULL;
+	struct pt_leaf *l = pt_leaf_of(s, vpn, false);
+	struct pt_ent *e = l ? &l->ent[vpn & (PT_FAN - 1)] : NULL;
+
+	return e && e->kind ? e : NULL;
 }
 
 /* False when out of memory: a missing entry only costs the device a fault,
@@ -97,54 +146,63 @@ static struct pt_ent *pt_find(struct uhmm_sim *s, uint64_t vpn)
 static bool pt_set(struct uhmm_sim *s, uint64_t vpn, uint8_t kind, bool write,
 		   void *data)
 {
-	struct pt_ent *e = pt_find(s, vpn);
+	struct pt_leaf *l = pt_leaf_of(s, vpn, true);
+	struct pt_ent *e;
 
-	if (!e) {
-		e = malloc(sizeof(*e));
-		if (!e)
-			return false;
-		if (s->pt_count >= 2ULL << s->pt_shift && s->pt_shift < 40)
-			pt_grow(s);
-		e->vpn = vpn;
-		e->next = s->pt[pt_hash(s, vpn)];
-		s->pt[pt_hash(s, vpn)] = e;
-		s->pt_count++;
-	}
-	e->kind = kind;
-	e->write = write;
-	e->data = data;
+	if (!l)
+		return false;
+	e = &l->ent[vpn & (PT_FAN - 1)];
+	l->used += !e->kind;
+	*e = (struct pt_ent){ .data = data, .kind = kind, .write = write };
 	return true;
 }
 
+/* Erase page numbers [a, b) below @n (covering 512^(level+1) pages from
+ * @base); true when @n is left empty. */
+static bool pt_erase_node(struct uhmm_sim *s, void *node, unsigned int level,
+			  uint64_t base, uint64_t a, uint64_t b)
+{
+	if (level == 0) {
+		struct pt_leaf *l = node;
+
+		for (uint64_t v = UHMM_MAX(a, base); v < b && v < base + PT_FAN; v++) {
+			struct pt_ent *e = &l->ent[v - base];
+
+			l->used -= !!e->kind;
+			e->kind = 0;
+		}
+		return !l->used;
+	}
+	struct pt_node *n = node;
+	uint64_t span = 1ULL << (PT_BITS * level);
+
+	for (unsigned int i = a > base ? pt_index(a, level) : 0; i < PT_FAN; i++) {
+		uint64_t lo = base + i * span;
+
+		if (lo >= b)
+			break;
+		if (n->slot[i] && pt_erase_node(s, n->slot[i], level - 1, lo, a, b)) {
+			if (n->slot[i] == s->pt_last)
+				s->pt_last = NULL;
+			if (level == 1)
+				pt_leaf_free(s, n->slot[i]);
+			else
+				free(n->slot[i]);
+			n->slot[i] = NULL;
+			n->used--;
+		}
+	}
+	return !n->used;
+}
+
+/* Drop the entries of addresses [start, end). */
 static void pt_erase(struct uhmm_sim *s, uint64_t start, uint64_t end)
 {
 	uint64_t a = start >> UHMM_PAGE_SHIFT, b = end >> UHMM_PAGE_SHIFT;
 
-	if (b - a < (1ULL << s->pt_shift)) {
-		for (uint64_t v = a; v < b; v++)
-			for (struct pt_ent **pp = &s->pt[pt_hash(s, v)]; *pp; pp = &(*pp)->next)
-				if ((*pp)->vpn == v) {
-					struct pt_ent *e = *pp;
-
-					*pp = e->next;
-					free(e);
-					s->pt_count--;
-					break;
-				}
+	if (a >> PT_VPN_BITS)
 		return;
-	}
-	for (uint64_t h = 0; h < (1ULL << s->pt_shift); h++)
-		for (struct pt_ent **pp = &s->pt[h]; *pp;) {
-			if ((*pp)->vpn >= a && (*pp)->vpn < b) {
-				struct pt_ent *e = *pp;
-
-				*pp = e->next;
-				free(e);
-				s->pt_count--;
-			} else {
-				pp = &(*pp)->next;
-			}
-		}
+	pt_erase_node(s, &s->pt, PT_LEVELS, 0, a, UHMM_MIN(b, 1ULL << PT_VPN_BITS));
 }
 
 static bool sim_invalidate(struct uhmm_interval_notifier *sub,
@@ -260,8 +318,6 @@ int uhmm_sim_create(struct uhmm_mm *mm, const struct uhmm_sim_opts *opts,
 	if (!s)
 		return -ENOMEM;
 	pthread_mutex_init(&s->lock, NULL);
-	s->pt = s->pt0;
-	s->pt_shift = PT_MIN_SHIFT;
 	s->mm = mm;
 	s->capacity = cap;
 	s->evict = opts && opts->evict_when_full;
@@ -314,8 +370,12 @@ void uhmm_sim_destroy(struct uhmm_sim *s)
 	uhmm_memunmap_pages(&s->pgmap);
 	uhmm_interval_notifier_remove(&s->notifier);
 	pt_erase(s, 0, UINT64_MAX & ~(PG - 1));
-	if (s->pt != s->pt0)
-		free(s->pt);
+	while (s->pt_free) {
+		struct pt_leaf *l = s->pt_free;
+
+		s->pt_free = l->next_free;
+		free(l);
+	}
 	uhmm_release_region(NULL, s->range.start);
 	uhmm_mm_unmanage(s->mm, s->pool, s->capacity * PG);
 	munmap(s->pool, s->capacity * PG);

@@ -296,6 +296,51 @@ START_TEST(read_after_munmap_is_efault)
 }
 END_TEST
 
+/*
+ * The device's page table splits addresses at 2 MiB (a leaf) and 1 GiB (a
+ * node): pages on both sides of such a boundary stay mirrored when the
+ * CPU unmaps one page next to it, and only that page is forgotten.
+ */
+static void check_boundary_invalidation(uint64_t align)
+{
+	size_t resv = 2 * align + 8 * T_PAGE;
+	uint8_t *r = mmap(NULL, resv, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+			  -1, 0);
+	uint8_t *b, *p, buf[4 * T_PAGE];
+
+	ck_assert_ptr_ne(r, MAP_FAILED);
+	b = (uint8_t *)(((uintptr_t)r + 4 * T_PAGE + align - 1) & ~(uintptr_t)(align - 1));
+	p = b - 2 * T_PAGE;	/* pages p..p+3, the boundary between 1 and 2 */
+	ck_assert_ptr_eq(mmap(p, 4 * T_PAGE, PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0), p);
+	ck_assert_int_eq(uhmm_mm_manage(mm, p, 4 * T_PAGE), 0);
+	t_fill_pattern(p, 4 * T_PAGE, 77);
+	ck_assert_int_eq(uhmm_sim_read(sim, ADDR(p, 0), 4, buf), 0);
+	ck_assert_uint_ge(counters(sim).faults, 1);
+	ck_assert_int_eq(munmap(p + T_PAGE, T_PAGE), 0);	/* last page below */
+	ck_assert_int_eq(uhmm_sim_read(sim, ADDR(p, 1), 1, buf), -EFAULT);
+	counters(sim);
+	ck_assert_int_eq(uhmm_sim_read(sim, ADDR(p, 0), 1, buf), 0);
+	ck_assert_int_eq(uhmm_sim_read(sim, ADDR(p, 2), 2, buf + T_PAGE), 0);
+	ck_assert_uint_eq(counters(sim).faults, 0);	/* still mirrored */
+	ck_assert_int_eq(t_check_pattern(buf, T_PAGE, 77), -1);
+	ck_assert_int_eq(memcmp(buf + T_PAGE, p + 2 * T_PAGE, 2 * T_PAGE), 0);
+	/* unmapping the first page above forgets it, not its neighbour */
+	ck_assert_int_eq(munmap(p + 2 * T_PAGE, T_PAGE), 0);
+	ck_assert_int_eq(uhmm_sim_read(sim, ADDR(p, 2), 1, buf), -EFAULT);
+	ck_assert_int_eq(uhmm_sim_read(sim, ADDR(p, 3), 1, buf), 0);
+	ck_assert_uint_eq(counters(sim).faults, 0);
+	ck_assert_int_eq(memcmp(buf, p + 3 * T_PAGE, T_PAGE), 0);
+	munmap(r, resv);
+}
+
+START_TEST(read_mirror_across_table_boundaries)
+{
+	check_boundary_invalidation(2UL << 20);
+	check_boundary_invalidation(1UL << 30);
+}
+END_TEST
+
 /* ---------------------------------------------------------------------- */
 /* uhmm_sim_write                                                          */
 
@@ -1109,6 +1154,7 @@ int main(void)
 	TCase *destroy_c = T_TCASE("sim_destroy_coherent", setup_coherent, teardown,
 				   destroy_coherent_with_pages_keeps_data);
 	TCase *rd = T_TCASE("sim_read", setup, teardown, read_sees_cpu_data_and_counts_fault,
+				read_mirror_across_table_boundaries,
 			    read_untouched_is_zero, read_after_cpu_write_sees_new_data,
 			    read_device_pages_stays_on_device, read_bad_args_einval,
 			    read_unmapped_is_efault, read_prot_none_is_efault,
