@@ -561,6 +561,8 @@ static bool place_copy(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t k,
 	if (rc == -EAGAIN && to_process)
 		return false;
 	c->placed[k] = rc == 0;
+	if (!rc && !to_process)
+		pm_page_set_present(c->dstpage[k], true);
 	if (rc)
 		c->m->src[k] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 	return true;
@@ -573,10 +575,13 @@ static uint64_t copy_present(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t to,
 			     uint64_t from, uint64_t i, uint64_t j)
 {
 	unsigned char vec[MOVE_MIN_RUN];
+	bool known = true;
 
-	if (mincore((void *)(uintptr_t)from, (j - i) * PG, vec))
+	for (uint64_t k = i; k < j && known; k++)
+		known = pm_page_present(c->devpage[k]);
+	if (!known && mincore((void *)(uintptr_t)from, (j - i) * PG, vec))
 		return RUN_NOT_PRESENT;
-	for (uint64_t k = 0; k < j - i; k++)
+	for (uint64_t k = 0; k < j - i && !known; k++)
 		if (!(vec[k] & 1))
 			return RUN_NOT_PRESENT;
 	for (uint64_t k = i; k < j; k++)
@@ -606,8 +611,12 @@ static uint64_t place_run(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i, uin
 		uint64_t off = (k - i) * PG;
 		int rc = uhmm_uffd_move(mm, to + off, from + off, (j - k) * PG, &moved);
 
-		for (uint64_t q = k; q < k + moved / PG; q++)
+		for (uint64_t q = k; q < k + moved / PG; q++) {
 			c->placed[q] = true;
+			/* the data left device memory, or arrived there */
+			pm_page_set_present(to_process ? c->devpage[q] : c->dstpage[q],
+					    !to_process);
+		}
 		if (to_process && moved)
 			fill_holes(mm, to + off, moved);
 		k += moved / PG;

@@ -845,8 +845,8 @@ int uhmm_page_put(struct uhmm_page *page)
 	pthread_mutex_lock(&priv->lock);
 	flags = __atomic_load_n(&page->flags, __ATOMIC_RELAXED);
 	if (!UHMM_WARN_ON(!(flags & UHMM_PAGE_ALLOCATED))) {
-		__atomic_store_n(&page->flags, flags & ~UHMM_PAGE_ALLOCATED,
-				 __ATOMIC_RELAXED);
+		__atomic_fetch_and(&page->flags, ~(UHMM_PAGE_ALLOCATED | UHMM_PAGE_HOST_PRESENT),
+				   __ATOMIC_RELAXED);
 		uhmm_page_pool_release(&priv->pool, (uint64_t)(page - priv->pages));
 		atomic_fetch_sub(&priv->ref, 1);
 	}

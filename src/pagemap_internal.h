@@ -94,6 +94,28 @@ UHMM_HIDDEN void uhmm_page_pool_fill(struct uhmm_page_pool *pool, uint64_t lo,
  */
 UHMM_HIDDEN int uhmm_page_pool_alloc(struct uhmm_page_pool *pool, uint64_t n,
 				     unsigned int flags, struct uhmm_page **out);
+/*
+ * Internal page flag: the page's host memory (pgmap->base) is known to hold
+ * data, because uhmm moved or copied the page's contents there. Cleared
+ * when uhmm moves the contents out and on allocation. Unset only means
+ * unknown: ask the kernel (mincore). Lets a one-page fault-back copy from
+ * device memory without a syscall to check that the copy cannot fault.
+ */
+#define UHMM_PAGE_HOST_PRESENT (1U << 1)
+
+static inline void pm_page_set_present(struct uhmm_page *pg, bool present)
+{
+	if (present)
+		__atomic_fetch_or(&pg->flags, UHMM_PAGE_HOST_PRESENT, __ATOMIC_RELAXED);
+	else
+		__atomic_fetch_and(&pg->flags, ~UHMM_PAGE_HOST_PRESENT, __ATOMIC_RELAXED);
+}
+
+static inline bool pm_page_present(const struct uhmm_page *pg)
+{
+	return __atomic_load_n(&pg->flags, __ATOMIC_RELAXED) & UHMM_PAGE_HOST_PRESENT;
+}
+
 /* Give page @idx back to the pool. Context: the pagemap's lock held. */
 UHMM_HIDDEN void uhmm_page_pool_release(struct uhmm_page_pool *pool,
 					uint64_t idx);
