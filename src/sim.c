@@ -495,7 +495,8 @@ static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 	for (;;) {
 		unsigned long seq;
 		uint64_t missing = UINT64_MAX;
-		struct iovec local, remote;
+		struct iovec local[PIECE], remote[PIECE];
+		unsigned long nv;
 		int err;
 
 		if (uhmm_now_ns() - t0 > BUSY_BUDGET_NS)
@@ -518,28 +519,38 @@ static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 			continue;
 		}
 		/* System pages: through the process's memory, outside our lock
-		 * (a fault there may need the handler, which may need our lock). */
+		 * (a fault there may need the handler, which may need our lock),
+		 * in one call; runs of pages share one iovec. */
+		nv = 0;
+		pthread_mutex_lock(&s->lock);
 		for (uint64_t i = 0; i < n; i++) {
-			struct pt_ent *e;
-			uint8_t kind;
-			ssize_t r;
+			struct pt_ent *e = pt_find(s, (a >> UHMM_PAGE_SHIFT) + i);
 
-			pthread_mutex_lock(&s->lock);
-			e = pt_find(s, (a >> UHMM_PAGE_SHIFT) + i);
-			kind = e ? e->kind : 0;
-			pthread_mutex_unlock(&s->lock);
-			kinds[i] = kind;
-			if (kind != PT_SYS)
+			kinds[i] = e ? e->kind : 0;
+			if (kinds[i] != PT_SYS)
 				continue;
-			local = (struct iovec){ buf + i * PG, PG };
-			remote = (struct iovec){ (void *)(uintptr_t)(a + i * PG), PG };
+			if (nv && (uint8_t *)local[nv - 1].iov_base + local[nv - 1].iov_len ==
+					  buf + i * PG) {
+				local[nv - 1].iov_len += PG;
+				remote[nv - 1].iov_len += PG;
+				continue;
+			}
+			local[nv] = (struct iovec){ buf + i * PG, PG };
+			remote[nv++] = (struct iovec){ (void *)(uintptr_t)(a + i * PG), PG };
+		}
+		pthread_mutex_unlock(&s->lock);
+		if (nv) {
+			ssize_t r, total = 0;
+
+			for (unsigned long k = 0; k < nv; k++)
+				total += (ssize_t)local[k].iov_len;
 			if (uhmm_fi_fail(UHMM_FI_PROCESS_VM))
-				r = -1;	/* as if the page went away */
+				r = -1;	/* as if the pages went away */
 			else if (write)
-				r = process_vm_writev(getpid(), &local, 1, &remote, 1, 0);
+				r = process_vm_writev(getpid(), local, nv, remote, nv, 0);
 			else
-				r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
-			if (r != (ssize_t)PG)
+				r = process_vm_readv(getpid(), local, nv, remote, nv, 0);
+			if (r != total)
 				return -EFAULT;
 		}
 		pthread_mutex_lock(&s->lock);
