@@ -16,10 +16,12 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <uhmm/mm.h>
 #include <uhmm/sim.h>
 #include "bench_util.h"
+#include "../src/compat.h"	/* UFFDIO_MOVE on Debian 12 headers */
 
 #define PG 4096UL
 #define LAT_PAGES 2048			/* faults per latency sample */
@@ -169,6 +171,23 @@ static double bare_thread_ns(void)
 /* ---------------------------------------------------------------------- */
 /* uhmm                                                                    */
 
+/* 2 MiB-aligned anonymous memory of @len (THP-backed if @thp); *raw to unmap. */
+static char *map_aligned(size_t len, int thp, char **raw)
+{
+	size_t huge = 2UL << 20;
+
+	char *p;
+
+	*raw = mmap(NULL, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (*raw == MAP_FAILED)
+		return NULL;
+	p = (char *)(((uintptr_t)*raw + huge - 1) & ~(uintptr_t)(huge - 1));
+
+	if (thp)
+		madvise(p, len, MADV_HUGEPAGE);
+	return p;
+}
+
 struct env {
 	struct uhmm_mm *mm;
 	struct uhmm_sim *sim;
@@ -181,15 +200,12 @@ struct env {
 /* 2 MiB-aligned memory filled as transparent huge pages, then managed. */
 static int env_thp(struct env *e, size_t n)
 {
-	size_t len = n * PG, huge = 2UL << 20;
+	size_t len = n * PG;
 
-	e->raw_len = len + huge;
-	e->raw = mmap(NULL, e->raw_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		      -1, 0);
-	if (e->raw == MAP_FAILED)
+	e->raw_len = len + (2UL << 20);
+	e->p = map_aligned(len, 1, &e->raw);
+	if (!e->p)
 		return -ENOMEM;
-	e->p = (char *)(((uintptr_t)e->raw + huge - 1) & ~(uintptr_t)(huge - 1));
-	madvise(e->p, len, MADV_HUGEPAGE);
 	memset(e->p, 0x5a, len);
 	return uhmm_mm_manage(e->mm, e->p, len);
 }
@@ -263,6 +279,49 @@ static double uhmm_faultback_ns(int mode)
 }
 
 /*
+ * The kernel floor of the move path: 1 GiB moved by bare UFFDIO_MOVE in
+ * 2 MiB batches (the sim's piece) between two areas registered with one
+ * userfaultfd, in a single-threaded process with nothing to bookkeep. The
+ * sim moves each page twice (process -> staging -> pool). GB/s, median.
+ */
+static double floor_move(int thp)
+{
+	size_t len = BW_PAGES * PG, huge = 2UL << 20;
+	char *ra, *rb, *a = map_aligned(len, thp, &ra), *b = map_aligned(len, thp, &rb);
+	int fd = uffd_new(0);
+	double v[64], ret = -1;
+
+	if (!a || !b || fd < 0)
+		goto out;
+	memset(a, 0x5a, len);
+	if (uffd_reg(fd, a, len) || uffd_reg(fd, b, len))
+		goto out;
+	for (int r = 0; r < reps; r++) {
+		char *from = r % 2 ? b : a, *to = r % 2 ? a : b;
+		uint64_t t0 = bench_now_ns();
+
+		for (size_t off = 0; off < len; off += huge) {
+			struct uffdio_move m = { .dst = (uint64_t)(uintptr_t)(to + off),
+						 .src = (uint64_t)(uintptr_t)(from + off),
+						 .len = huge };
+
+			if (ioctl(fd, UFFDIO_MOVE, &m))
+				goto out;
+		}
+		v[r] = (double)len / (double)(bench_now_ns() - t0);
+	}
+	ret = bench_median(v, reps);
+out:
+	if (fd >= 0)
+		close(fd);
+	if (a)
+		munmap(ra, len + huge);
+	if (b)
+		munmap(rb, len + huge);
+	return ret;
+}
+
+/*
  * migrate_to_dev bandwidth (GB/s) and, in the same reps, memcpy of the same
  * size: 4 KiB at a time (LIMITS.md's "memcpy, 4 KiB pages, cold 1 GiB", the
  * reference of the targets) and in one call. Both memcpy buffers are
@@ -270,17 +329,19 @@ static double uhmm_faultback_ns(int mode)
  */
 struct bw {
 	double mig, cpy4k, cpy1;
+	double pvr;		/* process_vm_readv 2 MiB at a time: the copy's floor */
+	double floor;		/* the path's kernel floor (copy: pvr) */
 };
 
 static void bandwidth(struct bw *out, int copy, int thp)
 {
 	struct env e;
-	double v[64], w[64], x[64];
+	double v[64], w[64], x[64], y[64];
 	size_t len = BW_PAGES * PG;
 	char *a = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	char *b = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
-	out->mig = out->cpy4k = out->cpy1 = -1;
+	out->mig = out->cpy4k = out->cpy1 = out->pvr = out->floor = -1;
 	if (a == MAP_FAILED || b == MAP_FAILED || env_open_path(&e, 0, BW_PAGES, copy, thp))
 		return;
 	memset(a, 1, len);
@@ -301,11 +362,22 @@ static void bandwidth(struct bw *out, int copy, int thp)
 		t0 = bench_now_ns();
 		memcpy(r % 2 ? b : a, r % 2 ? a : b, len);
 		x[r] = (double)len / (double)(bench_now_ns() - t0);
+		t0 = bench_now_ns();
+		for (size_t off = 0; off < len; off += 2UL << 20) {
+			struct iovec l = { (r % 2 ? a : b) + off, 2UL << 20 };
+			struct iovec rm = { (r % 2 ? b : a) + off, 2UL << 20 };
+
+			if (process_vm_readv(getpid(), &l, 1, &rm, 1, 0) != (ssize_t)l.iov_len)
+				return;
+		}
+		y[r] = (double)len / (double)(bench_now_ns() - t0);
 	}
 	out->mig = bench_median(v, reps);
 	out->cpy4k = bench_median(w, reps);
 	out->cpy1 = bench_median(x, reps);
+	out->pvr = bench_median(y, reps);
 	env_close(&e);
+	out->floor = copy ? out->pvr : floor_move(thp);
 	munmap(a, len);
 	munmap(b, len);
 }
@@ -401,9 +473,13 @@ int main(void)
 		       bw[k].cpy4k, "1.00x");
 		printf("%-60s %9.2f GB/s %9.2fx\n", "memcpy 1 GiB, one call", bw[k].cpy1,
 		       bw[k].cpy1 / bw[k].cpy4k);
+		printf("%-60s %9.2f GB/s %9.2fx\n", k == 0 ? "kernel floor: process_vm_readv 1 GiB, 2 MiB at a time"
+			       : k == 1 ? "kernel floor: bare UFFDIO_MOVE 1 GiB, 2 MiB batches"
+			       : "kernel floor: bare UFFDIO_MOVE 1 GiB of THPs, 2 MiB each",
+		       bw[k].floor, bw[k].floor / bw[k].cpy4k);
 		snprintf(name, sizeof(name), "uhmm sim migrate_to_dev 1 GiB (%s)", bw_name[k]);
-		printf("%-60s %9.2f GB/s %9.2fx (%.2fx one call)\n", name, bw[k].mig,
-		       bw[k].mig / bw[k].cpy4k, bw[k].mig / bw[k].cpy1);
+		printf("%-60s %9.2f GB/s %9.2fx (%.2fx one call, %.2fx floor)\n", name, bw[k].mig,
+		       bw[k].mig / bw[k].cpy4k, bw[k].mig / bw[k].cpy1, bw[k].mig / bw[k].floor);
 	}
 	for (int m = 0; m < NR_MODES; m++)
 		for (int n = 1; n <= 2; n++) {
