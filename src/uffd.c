@@ -879,9 +879,13 @@ void uhmm_uffd_fork_park(struct uhmm_mm *mm)
 	uint64_t one = 1;
 
 	atomic_store(&mm->fork_park, true);
-	/* wake handlers sleeping in poll; uhmm_uffd_fork_unpark resets it */
-	if (write(mm->wake_fd, &one, sizeof(one)) < 0)
+	/* wake handlers sleeping in poll; uhmm_uffd_fork_unpark resets it
+	 * (EAGAIN: the counter is full, so the fd is readable anyway). With
+	 * no way to wake them, do not park: they could not be unparked. */
+	if (write(mm->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN) {
+		atomic_store(&mm->fork_park, false);
 		return;
+	}
 	pthread_mutex_lock(&mm->backlog_lock);
 	while (mm->parked < mm->nr_handlers)
 		pthread_cond_wait(&mm->batch_cond, &mm->backlog_lock);
