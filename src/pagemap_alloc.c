@@ -79,13 +79,12 @@ static uint64_t pool_first(struct uhmm_page_pool *pool)
 	return POOL_NONE;
 }
 
-/* First index in [i, end) whose bit equals @set, or end. */
-static uint64_t pool_next(const uint64_t *bm, uint64_t i, uint64_t end, bool set)
+/* First used page in [i, end), or end. */
+static uint64_t pool_next_used(const uint64_t *bm, uint64_t i, uint64_t end)
 {
 	while (i < end) {
-		uint64_t w = set ? bm[i / 64] : ~bm[i / 64];
+		uint64_t w = ~bm[i / 64] & (~0ULL << (i % 64));
 
-		w &= ~0ULL << (i % 64);
 		if (w) {
 			uint64_t r = (i & ~63ULL) + (uint64_t)__builtin_ctzll(w);
 
@@ -94,6 +93,55 @@ static uint64_t pool_next(const uint64_t *bm, uint64_t i, uint64_t end, bool set
 		i = (i | 63) + 1;
 	}
 	return end;
+}
+
+/* First free page in [i, end), or end; whole used words skipped by the summary. */
+static uint64_t pool_next_free(const struct uhmm_page_pool *pool, uint64_t i, uint64_t end)
+{
+	while (i < end) {
+		uint64_t w = pool->bm[i / 64] & (~0ULL << (i % 64)), wi, sm;
+		size_t s;
+
+		if (w) {
+			uint64_t r = (i & ~63ULL) + (uint64_t)__builtin_ctzll(w);
+
+			return r < end ? r : end;
+		}
+		wi = i / 64 + 1;		/* the next word with a free page */
+		s = wi / 64;
+		if (s >= pool->nr_sum)
+			return end;
+		sm = pool->bm_sum[s] & (~0ULL << (wi % 64));
+		while (!sm) {
+			if (++s >= pool->nr_sum)
+				return end;
+			sm = pool->bm_sum[s];
+		}
+		i = ((uint64_t)s * 64 + (uint64_t)__builtin_ctzll(sm)) * 64;
+	}
+	return end;
+}
+
+/* Hand out pages [s, s + n), all free: bits cleared a word at a time. */
+static void pool_take_run(struct uhmm_page_pool *pool, uint64_t s, uint64_t n,
+			  struct uhmm_page **out)
+{
+	for (uint64_t i = s; i < s + n;) {
+		uint64_t w = i / 64, lo = i % 64, cnt = UHMM_MIN(64 - lo, s + n - i);
+		uint64_t mask = (cnt == 64 ? ~0ULL : ((1ULL << cnt) - 1)) << lo;
+
+		pool->bm[w] &= ~mask;
+		if (!pool->bm[w])
+			pool->bm_sum[w / 64] &= ~(1ULL << (w % 64));
+		i += cnt;
+	}
+	for (uint64_t k = 0; k < n; k++) {
+		struct uhmm_page *page = &pool->pages[s + k];
+
+		__atomic_store_n(&page->flags, UHMM_PAGE_ALLOCATED, __ATOMIC_RELAXED);
+		__atomic_store_n(&page->refcount, 1, __ATOMIC_RELEASE);
+		out[k] = page;
+	}
 }
 
 static void pool_take(struct uhmm_page_pool *pool, uint64_t idx,
@@ -118,14 +166,13 @@ static int pool_alloc_contig(struct uhmm_page_pool *pool, uint64_t n,
 
 		/* Lowest run of n free pages inside range r. */
 		while (hi - i >= n) {
-			uint64_t s = pool_next(pool->bm, i, hi, true), e;
+			uint64_t s = pool_next_free(pool, i, hi), e;
 
 			if (hi - s < n)
 				break;
-			e = pool_next(pool->bm, s, s + n, false);
+			e = pool_next_used(pool->bm, s, s + n);
 			if (e == s + n) {
-				for (uint64_t k = 0; k < n; k++)
-					pool_take(pool, s + k, &out[k]);
+				pool_take_run(pool, s, n, out);
 				return 0;
 			}
 			i = e;

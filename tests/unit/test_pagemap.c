@@ -1322,6 +1322,43 @@ START_TEST(alloc_pages_contig_fragmented_is_enospc)
 }
 END_TEST
 
+/*
+ * A large pool: the search skips used words by the summary bitmap (64 words
+ * a summary word) and hands out runs that cross word and summary boundaries.
+ */
+START_TEST(alloc_pages_contig_large_pool_finds_lowest_run)
+{
+	enum { N = 10000, LOW = 5000 };
+	struct uhmm_page **p = calloc(N, sizeof(*p)), **q = calloc(N, sizeof(*q));
+
+	ck_assert_ptr_nonnull(p);
+	ck_assert_ptr_nonnull(q);
+	t_private_simple(N);
+	ck_assert_int_eq(uhmm_pagemap_alloc_pages(&pm, LOW, 0, p), 0);
+	/* free page 100 and the 70 pages 130..199 (across words 2 and 3) */
+	ck_assert_int_eq(uhmm_page_put(p[100]), 0);
+	for (int i = 130; i < 200; i++)
+		ck_assert_int_eq(uhmm_page_put(p[i]), 0);
+	ck_assert_int_eq(uhmm_pagemap_alloc_pages(&pm, 71, UHMM_ALLOC_CONTIG, q), 0);
+	for (int i = 0; i < 71; i++)
+		ck_assert_uint_eq(uhmm_page_to_pfn(q[i]), PFN(DEV0) + LOW + (uint64_t)i);
+	ck_assert_int_eq(uhmm_pagemap_alloc_pages(&pm, 70, UHMM_ALLOC_CONTIG, q + 71), 0);
+	for (int i = 0; i < 70; i++)
+		ck_assert_uint_eq(uhmm_page_to_pfn(q[71 + i]), PFN(DEV0) + 130 + (uint64_t)i);
+	/* a run across the first summary word's end (page 4096 * 1 + ...) */
+	ck_assert_int_eq(uhmm_pagemap_alloc_pages(&pm, N - LOW - 71, UHMM_ALLOC_CONTIG,
+						  q + 141), 0);
+	ck_assert_uint_eq(uhmm_page_to_pfn(q[141]), PFN(DEV0) + LOW + 71);
+	ck_assert_uint_eq(uhmm_page_to_pfn(q[141 + N - LOW - 72]), PFN(DEV0) + N - 1);
+	ck_assert_int_eq(uhmm_pagemap_nr_free(&pm), 1);	/* page 100 */
+	ck_assert_int_eq(uhmm_pagemap_alloc_pages(&pm, 2, UHMM_ALLOC_CONTIG, q), -ENOSPC);
+	ck_assert_int_eq(uhmm_pagemap_alloc_pages(&pm, 1, UHMM_ALLOC_CONTIG, q), 0);
+	ck_assert_uint_eq(uhmm_page_to_pfn(q[0]), PFN(DEV0) + 100);
+	free(p);
+	free(q);
+}
+END_TEST
+
 /* Ranges that happen to be physically adjacent still do not form one CONTIG run. */
 START_TEST(alloc_pages_contig_never_spans_ranges)
 {
@@ -1657,6 +1694,7 @@ int main(void)
 			       alloc_pages_contig_is_contiguous_within_a_range,
 			       alloc_pages_contig_fragmented_is_enospc,
 			       alloc_pages_contig_never_spans_ranges,
+			       alloc_pages_contig_large_pool_finds_lowest_run,
 			       alloc_pages_reuses_lowest_free_page, alloc_pages_bad_args_is_einval,
 			       alloc_pages_skips_altmap_pages,
 			       alloc_pages_concurrent_threads_disjoint);
