@@ -218,12 +218,16 @@ static bool let_go_if_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t a)
 /*
  * A page shared with a forked child cannot be moved (-EBUSY). Release it,
  * break the sharing with a write fault (served by the kernel, the page is
- * present), take it again and retry once. True if it moved.
+ * present), take it again and retry once. True if it moved. Taken again on
+ * setup's terms: while it was let go, a DONTNEED may have been applied
+ * whose zap is still to come (uhmm_madvise's drop, or a plain one's REMOVE
+ * read: struct mm_zap); moved before that zap, the page would carry the
+ * dropped data to the device, and it would come back on the next fault.
  */
 static bool retry_unshared(struct uhmm_mm *mm, struct mig_ctl *c,
 			   struct uhmm_migrate *m, uint64_t i, int rc)
 {
-	uint64_t a = VA(m, i), moved = 0;
+	uint64_t a = VA(m, i), moved = 0, *pe;
 	struct mm_vma *v;
 	bool ok = false, ours;
 
@@ -239,7 +243,9 @@ static bool retry_unshared(struct uhmm_mm *mm, struct mig_ctl *c,
 		return false;
 	mm_lock(mm);
 	v = uhmm_vma_find(mm, a);
-	if (v && !*uhmm_vma_ent(v, a, true)) {
+	pe = v ? uhmm_vma_ent(v, a, true) : NULL;
+	if (pe && !*pe && !uhmm_mm_dropping_locked(mm, a) &&
+	    !uhmm_mm_zap_pending_locked(mm, a)) {
 		uhmm_ent_set(mm, v, a, ENT_MAKE(c, ENT_MIGRATING, 0));
 		ok = uhmm_uffd_move(mm, (uint64_t)(uintptr_t)c->stage + i * PG, a, PG,
 				    &moved) == 0 && moved == PG;
@@ -964,7 +970,8 @@ int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t start,
 		mm_lock(mm);
 		v = uhmm_vma_find(mm, a);
 		pe = v && v->kind == VMA_ANON ? uhmm_vma_ent(v, a, true) : NULL;
-		if (!pe || *pe || uhmm_mm_zap_pending_locked(mm, a)) {
+		if (!pe || *pe || uhmm_mm_dropping_locked(mm, a) ||
+		    uhmm_mm_zap_pending_locked(mm, a)) {
 			mm_unlock(mm);
 			uhmm_excl_free(x);
 			err = !pe ? -EINVAL : -EBUSY;

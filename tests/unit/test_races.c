@@ -10,7 +10,8 @@
  *    fork holds the malloc arena locks while the kernel waits for a handler
  *    to read the FORK event (a deadlock before the handlers parked for forks);
  *  - a page present where a plain MADV_DONTNEED's zap may still come is not
- *    taken by a migration (it carried the dropped data to the device).
+ *    taken by a migration (it carried the dropped data to the device), nor
+ *    taken again after its sharing with a fork child was broken.
  * The program interposes madvise() to stop migration A at a chosen point; the
  * interposer is inert unless a test arms it.
  */
@@ -218,12 +219,82 @@ START_TEST(raw_dontneed_page_is_not_taken_before_its_zap)
 }
 END_TEST
 
+/* D: while A is stopped, a plain DONTNEED of page 0, then page 0 written again */
+static void *dontneed_d(void *arg)
+{
+	int *ret = arg;
+
+	while (atomic_load(&phase) != 2)
+		usleep(1000);
+	*ret = madvise(mem, T_PAGE, MADV_DONTNEED);
+	/* the handler has noted it (no read_begin: A's invalidation is open) */
+	while (!atomic_load(&seen[UHMM_EVENT_CLEAR]))
+		usleep(100);
+	memset(mem, 0x44, T_PAGE);
+	atomic_store(&phase, 3);
+	return NULL;
+}
+
+/*
+ * The zap window again, on the path that takes a page a second time: A's
+ * move of page 0 fails -EBUSY (shared with a fork child), A lets go of it to
+ * break the sharing, and meanwhile a plain DONTNEED of page 0 is read and
+ * applied. When A takes the page again, the zap may still be to come (user
+ * space cannot tell; here it is over and the page written again, the state
+ * A sees either way): A must leave the page in RAM, as setup does. Before
+ * the fix A moved it, and when the zap came after the move, the dropped
+ * data went to the device and came back later (the stress driver's fork
+ * child holding a page's pre-DONTNEED version).
+ */
+START_TEST(unshare_retry_does_not_retake_a_page_a_raw_dontneed_may_zap)
+{
+	UHMM_OPTS(sim_opts, o, .capacity_pages = 64);
+	struct uhmm_sim_counters c;
+	pthread_t d;
+	pid_t child;
+	int ret_d = -1, ret_a;
+
+	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
+	ck_assert_int_eq(uhmm_mm_alloc(mm, T_PAGE, 0, (void **)&mem), 0);
+	ck_assert_int_eq(uhmm_sim_create(mm, &o, &sim), 0);
+	memset(mem, 0x33, T_PAGE);
+	ck_assert_int_eq(uhmm_interval_notifier_insert(&watch, mm, (uintptr_t)mem, T_PAGE,
+						       &count_ops), 0);
+	fflush(NULL);
+	child = fork();		/* page 0 shared with the child: its move fails -EBUSY */
+	ck_assert_int_ge(child, 0);
+	if (child == 0) {
+		pause();
+		_exit(0);
+	}
+	wait_invalidation(&watch, UHMM_EVENT_PROTECTION);	/* see the first test */
+	atomic_store(&phase, 1);
+	ck_assert_int_eq(pthread_create(&d, NULL, dontneed_d, &ret_d), 0);
+	ret_a = uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 1);
+	ck_assert_int_eq(pthread_join(d, NULL), 0);
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	uhmm_interval_notifier_remove(&watch);
+	ck_assert_int_eq(atomic_load(&phase), 3);	/* the race was forced */
+	ck_assert_int_eq(ret_d, 0);
+	ck_assert_int_eq(ret_a, 0);		/* was 1: taken to the device */
+	ck_assert_int_eq(uhmm_sim_counters(sim, &c), 0);
+	ck_assert_uint_eq(c.dev_pages, 0);
+	ck_assert_uint_eq(mem[0], 0x44);
+	ck_assert_uint_eq(mem[T_PAGE - 1], 0x44);
+	uhmm_sim_destroy(sim);
+	ck_assert_int_eq(uhmm_mm_free(mm, mem, T_PAGE), 0);
+	uhmm_mm_close(mm);
+}
+END_TEST
+
 int main(void)
 {
 	TCase *tc = T_TCASE("races", NULL, NULL,
 			    unshare_retry_leaves_another_migrations_page_alone,
 			    fork_while_handler_callback_allocates,
-			    raw_dontneed_page_is_not_taken_before_its_zap);
+			    raw_dontneed_page_is_not_taken_before_its_zap,
+			    unshare_retry_does_not_retake_a_page_a_raw_dontneed_may_zap);
 
 	return t_run_suite("races", tc, NULL);
 }
