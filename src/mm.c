@@ -490,53 +490,63 @@ int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr, bool write, int tid)
 	return rc;
 }
 
-/* Bring every device-resident or exclusive page of [start, end) back to RAM. */
-int uhmm_mm_bring_back(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+/* The first device-resident or exclusive page of [from, end), 0 if none. */
+static uint64_t next_away_page(struct uhmm_mm *mm, uint64_t from, uint64_t end, uint64_t *ent)
 {
-	int ret = 0;
+	uint64_t found = 0;
 
-	for (int pass = 0; pass < 64; pass++) {
-		uint64_t addr = 0, e = 0;
-		bool found = false;
+	mm_lock(mm);
+	for (size_t i = vma_index(mm, from);
+	     i < mm->nr_vmas && mm->vmas[i].start < end && !found; i++) {
+		struct mm_vma *v = &mm->vmas[i];
 
-		mm_lock(mm);
-		for (size_t i = vma_index(mm, start);
-		     i < mm->nr_vmas && mm->vmas[i].start < end && !found; i++) {
-			struct mm_vma *v = &mm->vmas[i];
+		if (!v->nents)
+			continue;
+		for (uint64_t a = UHMM_MAX(from, v->start); a < UHMM_MIN(end, v->end);
+		     a += UHMM_PAGE_SIZE) {
+			uint64_t e = v->ents[(a - v->start) >> UHMM_PAGE_SHIFT];
 
-			if (!v->nents)
-				continue;
-			for (uint64_t a = UHMM_MAX(start, v->start);
-			     a < UHMM_MIN(end, v->end); a += UHMM_PAGE_SIZE) {
-				e = v->ents[(a - v->start) >> UHMM_PAGE_SHIFT];
-				if (ENT_STATE(e) == ENT_DEVICE ||
-				    ENT_STATE(e) == ENT_EXCLUSIVE) {
-					addr = a;
-					found = true;
-					break;
-				}
+			if (ENT_STATE(e) == ENT_DEVICE || ENT_STATE(e) == ENT_EXCLUSIVE) {
+				*ent = e;
+				found = a;
+				break;
 			}
 		}
-		mm_unlock(mm);
-		if (!found)
-			return ret;
-		if (ENT_STATE(e) == ENT_DEVICE)
-			ret = uhmm_device_fault(mm, addr, false, 0);
-		else
-			ret = uhmm_excl_restore(mm, addr);
-		if (ret == -ENOMEM || ret == -EAGAIN) {
-			/* short of memory or racing: a fork must not leave the
-			 * page behind, so wait a little and try again */
-			struct timespec ts = { 0, 1000000 };
-
-			nanosleep(&ts, NULL);
-			continue;
-		}
-		if (ret)
-			return ret;
-		pass = 0;	/* progress: keep going */
 	}
-	return -EBUSY;
+	mm_unlock(mm);
+	return found;
+}
+
+/*
+ * Bring every device-resident or exclusive page of [start, end) back to RAM.
+ * A page that fails does not stop the walk (a fork must leave none behind:
+ * the child would read a hole as zeros); failed pages are tried again in
+ * later passes, 1 ms apart. 0, or the last error if pages are left.
+ */
+int uhmm_mm_bring_back(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	int err = 0;
+
+	for (int pass = 0; pass < 64; pass++) {
+		struct timespec ts = { 0, 1000000 };
+		uint64_t addr, e = 0;
+		bool failed = false;
+
+		for (uint64_t from = start; from < end &&
+		     (addr = next_away_page(mm, from, end, &e)); from = addr + UHMM_PAGE_SIZE) {
+			int rc = ENT_STATE(e) == ENT_DEVICE ? uhmm_device_fault(mm, addr, false, 0)
+							    : uhmm_excl_restore(mm, addr);
+
+			if (rc) {
+				failed = true;
+				err = rc;
+			}
+		}
+		if (!failed)
+			return 0;
+		nanosleep(&ts, NULL);	/* short of memory or racing: again */
+	}
+	return err;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -571,7 +581,8 @@ static void atfork_prepare(void)
 		while (mm->migrations)
 			pthread_cond_wait(&mm->fork_cond, &mm->lock);
 		pthread_mutex_unlock(&mm->lock);
-		uhmm_mm_bring_back(mm, 0, UINT64_MAX);
+		if (uhmm_mm_bring_back(mm, 0, UINT64_MAX))
+			uhmm_log(UHMM_LOG_ERROR, "fork: device pages left behind; the child reads them as zeros");
 	}
 	/* last: bringing pages back needs running handlers */
 	for (struct uhmm_mm *mm = uhmm_mm_list; mm; mm = mm->next_open)
