@@ -36,6 +36,7 @@ struct drv {
 	atomic_int frees;		/* page_free calls */
 	atomic_int to_ram;		/* migrate_to_ram calls */
 	atomic_int to_ram_skip;		/* leave dst empty in migrate_to_ram */
+	atomic_int to_ram_fail;		/* as many next calls leave dst empty */
 };
 
 #define DRV(pgmap) ((struct drv *)(void *)(pgmap))
@@ -64,7 +65,8 @@ static int drv_migrate_to_ram(struct uhmm_fault *f)
 	err = uhmm_migrate_setup(&m);
 	if (err)
 		return err;
-	if ((src[0] & UHMM_MIGRATE_PFN_MIGRATE) && !atomic_load(&d->to_ram_skip)) {
+	if ((src[0] & UHMM_MIGRATE_PFN_MIGRATE) && !atomic_load(&d->to_ram_skip) &&
+	    atomic_fetch_sub(&d->to_ram_fail, 1) <= 0) {
 		struct uhmm_page *pg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(src[0]));
 		void *to = uhmm_migrate_dst_buf(&m, 0);
 
@@ -711,6 +713,28 @@ START_TEST(fork_child_reads_device_data)
 }
 END_TEST
 
+/* A page whose migrate_to_ram fails at fork time does not stop the others
+ * coming back, and is tried again: the child reads every page's data. */
+START_TEST(fork_child_reads_data_despite_failing_migrate_to_ram)
+{
+	pid_t pid;
+	int st;
+
+	t_fill_pattern(mem, LEN, 16);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	atomic_store(&drv->to_ram_fail, 3);	/* pages 0, 1, 2 fail once */
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		_exit(t_check_pattern(mem, LEN, 16) == -1 ? 0 : 1);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	ck_assert_int_le(atomic_load(&drv->to_ram_fail), 0);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), NP + 3);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 16), -1);
+}
+END_TEST
+
 /* ---------------------------------------------------------------------- */
 /* uhmm_make_device_exclusive                                               */
 
@@ -795,7 +819,8 @@ int main(void)
 				device_range_partial, device_range_bad_args_einval);
 	TCase *tunmap = T_TCASE("memunmap_pages", setup, teardown,
 				memunmap_with_mapped_pages_keeps_data);
-	TCase *tfork = T_TCASE("fork", setup, teardown, fork_child_reads_device_data);
+	TCase *tfork = T_TCASE("fork", setup, teardown, fork_child_reads_device_data,
+			       fork_child_reads_data_despite_failing_migrate_to_ram);
 	TCase *texcl = T_TCASE("make_device_exclusive", setup, teardown,
 			       exclusive_device_changes_visible, exclusive_errors,
 			       exclusive_then_unmap_and_close);
