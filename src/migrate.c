@@ -314,13 +314,13 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	m->npages = n;
 	m->cpages = 0;
 	m->priv = c;
-	uhmm_mm_migration_begin(mm, m->flags & UHMM_MIGRATE_SELECT_SYSTEM);
+	uhmm_mm_migration_begin(mm);
 
 	mm_lock(mm);
 	v = uhmm_vma_find(mm, m->start);
 	if (!v || v->end < m->end || v->kind == VMA_INTERNAL) {
 		mm_unlock(mm);
-		uhmm_mm_migration_end(mm, m->flags & UHMM_MIGRATE_SELECT_SYSTEM);
+		uhmm_mm_migration_end(mm);
 		ctl_free(mm, c, n);
 		m->priv = NULL;
 		return -EINVAL;
@@ -832,7 +832,7 @@ again:
 		uhmm_page_put(put[i]);
 	ctl_free(mm, c, m->npages);
 	m->priv = NULL;
-	uhmm_mm_migration_end(mm, m->flags & UHMM_MIGRATE_SELECT_SYSTEM);
+	uhmm_mm_migration_end(mm);
 	return done;
 }
 
@@ -953,7 +953,7 @@ int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t start,
 	if (uhmm_uffd_populate(mm, start, end - start, true))
 		return -EFAULT;
 	/* like a migration to a device: a fork waits for it, and it for a fork */
-	uhmm_mm_migration_begin(mm, true);
+	uhmm_mm_migration_begin(mm);
 	uhmm_invalidate_start(mm, UHMM_EVENT_EXCLUSIVE, start, end, owner, 0);
 	for (uint64_t i = 0; i < npages && !err; i++) {
 		uint64_t a = start + i * PG, moved = 0, *pe;
@@ -993,7 +993,7 @@ int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t start,
 		pages[i] = x->buf;
 	}
 	uhmm_invalidate_end(mm);
-	uhmm_mm_migration_end(mm, true);
+	uhmm_mm_migration_end(mm);
 	return err;
 }
 
@@ -1016,7 +1016,7 @@ int uhmm_excl_restore(struct uhmm_mm *mm, uint64_t addr)
 	/* park other CPU threads until the page is back */
 	*pe = ENT_MAKE(x, ENT_MIGRATING, 0);
 	mm_unlock(mm);
-	uhmm_mm_migration_begin(mm, false);
+	uhmm_mm_migration_begin(mm);
 	uhmm_invalidate(mm, UHMM_EVENT_CLEAR, addr, addr + PG, NULL, 0);
 	gate = uhmm_mm_lock_gated(mm);
 	for (;;) {
@@ -1045,7 +1045,7 @@ int uhmm_excl_restore(struct uhmm_mm *mm, uint64_t addr)
 		gate = uhmm_mm_relock_gated(mm, gate);
 	}
 	uhmm_mm_unlock_gated(mm, gate);
-	uhmm_mm_migration_end(mm, false);
+	uhmm_mm_migration_end(mm);
 	uhmm_uffd_wake(mm, addr, PG);
 	uhmm_excl_free(x);
 	return rc == -EEXIST ? 0 : rc;

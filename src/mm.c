@@ -550,21 +550,28 @@ int uhmm_mm_bring_back(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 }
 
 /* ---------------------------------------------------------------------- */
-/* fork: device pages come back first; migrations to devices wait          */
+/* fork: device pages come back first; other migrations wait               */
 
-void uhmm_mm_migration_begin(struct uhmm_mm *mm, bool to_device)
+/*
+ * While a fork is prepared, migrations of other threads wait, both ways: a
+ * page in flight is a hole in the process, which the child would read as
+ * zeros (a migration back to RAM that began after the fork's wait was
+ * skipped by bring_back, as its entry was MIGRATING). Handlers do not wait
+ * (a fault they serve may be what the fork's bring-back waits for); they
+ * finish their batch before they park, so none is in flight at the fork.
+ */
+void uhmm_mm_migration_begin(struct uhmm_mm *mm)
 {
 	mm_lock(mm);	/* a handler never sleeps on it */
-	while (mm->forking && to_device && !tls_forking && !uhmm_uffd_is_handler())
+	while (mm->forking && !tls_forking && !uhmm_uffd_is_handler())
 		pthread_cond_wait(&mm->fork_cond, &mm->lock);
 	mm->migrations++;
 	mm_unlock(mm);
 }
 
-void uhmm_mm_migration_end(struct uhmm_mm *mm, bool to_device)
+void uhmm_mm_migration_end(struct uhmm_mm *mm)
 {
 	mm_lock(mm);
-	(void)to_device;
 	mm->migrations--;
 	pthread_cond_broadcast(&mm->fork_cond);
 	mm_unlock(mm);

@@ -178,7 +178,7 @@ UHMM_HIDDEN void uhmm_mm_apply_unmap(struct uhmm_mm *mm, uint64_t start,
 				     uint64_t end, bool clear_only);
 UHMM_HIDDEN void uhmm_mm_apply_remap(struct uhmm_mm *mm, uint64_t from,
 				     uint64_t to, uint64_t len);
-UHMM_HIDDEN void uhmm_mm_migration_begin(struct uhmm_mm *mm, bool to_device);
+UHMM_HIDDEN void uhmm_mm_migration_begin(struct uhmm_mm *mm);
 /* kernel view of the mapping at addr (PROCMAP_QUERY, else /proc/self/maps) */
 struct vma_info {
 	uint64_t start, end;
@@ -189,7 +189,7 @@ struct vma_info {
 /* First mapping that covers or follows addr: 0, or -ENOENT (none). */
 UHMM_HIDDEN int uhmm_vma_query(struct uhmm_mm *mm, uint64_t addr,
 			       struct vma_info *out);
-UHMM_HIDDEN void uhmm_mm_migration_end(struct uhmm_mm *mm, bool to_device);
+UHMM_HIDDEN void uhmm_mm_migration_end(struct uhmm_mm *mm);
 
 /* uffd.c */
 UHMM_HIDDEN int uhmm_uffd_open(struct uhmm_mm *mm);

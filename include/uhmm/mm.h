@@ -29,7 +29,10 @@
  * fork(): before the fork, device-resident and exclusive pages of every open
  * mm are brought back to system memory (cost: one migration per such page),
  * so the child sees plain memory with the parent's data; managed memory is
- * not managed in the child and the child must not use the mm.
+ * not managed in the child and the child must not use the mm. Meanwhile
+ * migrations started by other threads wait until the fork is done (a page
+ * in flight would be a hole in the child), so a driver must not start one
+ * while holding a lock its migrate_to_ram() takes.
  */
 #ifndef UHMM_MM_H
 #define UHMM_MM_H

@@ -37,6 +37,7 @@ struct drv {
 	atomic_int to_ram;		/* migrate_to_ram calls */
 	atomic_int to_ram_skip;		/* leave dst empty in migrate_to_ram */
 	atomic_int to_ram_fail;		/* as many next calls leave dst empty */
+	void (*to_ram_hook)(void);	/* run once by the next migrate_to_ram */
 };
 
 #define DRV(pgmap) ((struct drv *)(void *)(pgmap))
@@ -62,6 +63,12 @@ static int drv_migrate_to_ram(struct uhmm_fault *f)
 	int err;
 
 	atomic_fetch_add(&d->to_ram, 1);
+	if (d->to_ram_hook) {
+		void (*hook)(void) = d->to_ram_hook;
+
+		d->to_ram_hook = NULL;
+		hook();
+	}
 	err = uhmm_migrate_setup(&m);
 	if (err)
 		return err;
@@ -735,6 +742,72 @@ START_TEST(fork_child_reads_data_despite_failing_migrate_to_ram)
 }
 END_TEST
 
+/*
+ * Another thread's migration back to RAM that starts while a fork is being
+ * prepared: had it set up (page 5 a hole, its entry MIGRATING) during the
+ * fork's bring-back, the bring-back would skip page 5 and the child would
+ * read zeros. It must wait for the fork instead. The bring-back of page 0
+ * starts the thread and gives its setup 300 ms.
+ */
+static atomic_int late_setup_done;
+
+static void *late_to_sys(void *arg)
+{
+	uint64_t src[1], dst[1];
+	struct uhmm_migrate m = {
+		.mm = mm, .start = ADDR(mem, 5), .end = ADDR(mem, 6), .src = src, .dst = dst,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE, .pgmap_owner = drv,
+	};
+
+	(void)arg;
+	if (uhmm_migrate_setup(&m))
+		return NULL;
+	atomic_store(&late_setup_done, 1);
+	usleep(300000);		/* in flight across the fork, if not held back */
+	if (src[0] & UHMM_MIGRATE_PFN_MIGRATE) {
+		struct uhmm_page *pg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(src[0]));
+		void *to = uhmm_migrate_dst_buf(&m, 0);
+
+		if (pg && to) {
+			memcpy(to, uhmm_page_to_virt(pg), T_PAGE);
+			dst[0] = UHMM_MIGRATE_PFN_SYSTEM;
+		}
+	}
+	uhmm_migrate_pages(&m);
+	uhmm_migrate_finalize(&m);
+	return NULL;
+}
+
+static pthread_t late_thread;
+
+static void start_late_to_sys(void)
+{
+	ck_assert_int_eq(pthread_create(&late_thread, NULL, late_to_sys, NULL), 0);
+	for (int i = 0; i < 300 && !atomic_load(&late_setup_done); i++)
+		usleep(1000);
+}
+
+START_TEST(fork_holds_back_a_migration_to_ram_started_meanwhile)
+{
+	pid_t pid;
+	int st;
+
+	t_fill_pattern(mem, LEN, 17);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	atomic_store(&late_setup_done, 0);
+	drv->to_ram_hook = start_late_to_sys;	/* run by page 0's bring-back */
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		_exit(t_check_pattern(mem, LEN, 17) == -1 ? 0 : 1);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_int_eq(pthread_join(late_thread, NULL), 0);
+	ck_assert_int_eq(atomic_load(&late_setup_done), 1);	/* set up after the fork */
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 17), -1);
+}
+END_TEST
+
 /* ---------------------------------------------------------------------- */
 /* uhmm_make_device_exclusive                                               */
 
@@ -820,7 +893,8 @@ int main(void)
 	TCase *tunmap = T_TCASE("memunmap_pages", setup, teardown,
 				memunmap_with_mapped_pages_keeps_data);
 	TCase *tfork = T_TCASE("fork", setup, teardown, fork_child_reads_device_data,
-			       fork_child_reads_data_despite_failing_migrate_to_ram);
+			       fork_child_reads_data_despite_failing_migrate_to_ram,
+			       fork_holds_back_a_migration_to_ram_started_meanwhile);
 	TCase *texcl = T_TCASE("make_device_exclusive", setup, teardown,
 			       exclusive_device_changes_visible, exclusive_errors,
 			       exclusive_then_unmap_and_close);
