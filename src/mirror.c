@@ -343,6 +343,7 @@ unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *sub)
 	struct uhmm_notif_state *ns = sub->mm->notif;
 	unsigned long seq;
 
+	uhmm_mm_removes_settle(sub->mm);	/* a DONTNEED that returned is seen */
 	pthread_mutex_lock(&ns->lock);
 	seq = __atomic_load_n(&sub->invalidate_seq, __ATOMIC_ACQUIRE);
 	/* Wait only for the invalidation in progress to end, as the kernel

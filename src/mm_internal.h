@@ -223,6 +223,8 @@ UHMM_HIDDEN int uhmm_uffd_wake(struct uhmm_mm *mm, uint64_t start, uint64_t len)
 UHMM_HIDDEN int uhmm_uffd_fill(struct uhmm_mm *mm, uint64_t start,
 			       uint64_t len, bool write, uint64_t *done);
 UHMM_HIDDEN void uhmm_mm_batch_barrier(struct uhmm_mm *mm);
+/* Wait (bounded) until every REMOVE read so far has been applied. */
+UHMM_HIDDEN void uhmm_mm_removes_settle(struct uhmm_mm *mm);
 /* atfork: park the handlers before fork(), release them after */
 UHMM_HIDDEN void uhmm_uffd_fork_park(struct uhmm_mm *mm);
 UHMM_HIDDEN void uhmm_uffd_fork_unpark(struct uhmm_mm *mm);

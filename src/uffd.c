@@ -1011,6 +1011,40 @@ void uhmm_uffd_stop(struct uhmm_mm *mm)
 	mm->nr_handlers = 0;
 }
 
+/*
+ * A plain madvise(MADV_DONTNEED) returns once a handler has read its REMOVE,
+ * maybe before the handler applied it: wait for that, so a device that
+ * looks at its page table after the call sees the pages dropped (the
+ * kernel invalidates before madvise returns). A handler reads under the
+ * write side of read_gate and counts the REMOVEs before it lets go, so a
+ * read side taken with no REMOVE counted means none is pending. Bounded
+ * (100 ms): a stream of DONTNEEDs must not hold a reader forever. Handlers
+ * never wait (they apply what they read before they serve faults).
+ */
+static bool removes_pending(struct uhmm_mm *mm)
+{
+	bool pending;
+
+	if (pthread_rwlock_tryrdlock(&mm->read_gate))
+		return true;		/* a handler is reading */
+	pending = atomic_load(&mm->removes_unapplied);
+	pthread_rwlock_unlock(&mm->read_gate);
+	return pending;
+}
+
+void uhmm_mm_removes_settle(struct uhmm_mm *mm)
+{
+	uint64_t t0;
+	int tries = 0;
+
+	if (uhmm_uffd_is_handler() || !removes_pending(mm))
+		return;
+	t0 = uhmm_now_ns();
+	while (removes_pending(mm) && !atomic_load(&mm->stop) &&
+	       uhmm_now_ns() - t0 < 100000000ULL)
+		uhmm_uffd_retry_wait(mm, &tries);
+}
+
 /* Wait until the handlers have processed every message read so far. */
 void uhmm_mm_batch_barrier(struct uhmm_mm *mm)
 {

@@ -125,8 +125,11 @@ UHMM_API int uhmm_interval_notifier_remove(struct uhmm_interval_notifier *sub);
 
 /**
  * uhmm_interval_read_begin() - start a read section; waits while an
- * invalidation covering @sub is in flight. Return: the sequence to pass to
- * read_retry (and in uhmm_range.notifier_seq).
+ * invalidation covering @sub is in flight, and (up to 100 ms) for plain
+ * madvise(MADV_DONTNEED) calls that have returned to be applied: the kernel
+ * lets such a call return once uhmm has read its event, before uhmm has
+ * invalidated. Return: the sequence to pass to read_retry (and in
+ * uhmm_range.notifier_seq).
  */
 UHMM_API unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *sub);
 /** uhmm_interval_read_retry() - true if @seq is stale; call under the driver lock. */

@@ -11,10 +11,14 @@
  *    to read the FORK event (a deadlock before the handlers parked for forks);
  *  - a page present where a plain MADV_DONTNEED's zap may still come is not
  *    taken by a migration (it carried the dropped data to the device), nor
- *    taken again after its sharing with a fork child was broken.
- * The program interposes madvise() to stop migration A at a chosen point; the
- * interposer is inert unless a test arms it.
+ *    taken again after its sharing with a fork child was broken;
+ *  - a device read after a plain MADV_DONTNEED returned sees the pages
+ *    dropped, though the handler may not have applied the REMOVE yet.
+ * The program interposes madvise() to stop migration A at a chosen point,
+ * and read() to hold the handler between reading a REMOVE and applying it;
+ * the interposers are inert unless a test arms them.
  */
+#include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -44,6 +48,23 @@ int madvise(void *addr, size_t len, int advice)
 		while (atomic_load(&phase) != 3)
 			usleep(1000);
 	return (int)r;
+}
+
+/* armed: the handler sleeps 50 ms after it read a REMOVE, before applying it */
+static atomic_int hold_remove;
+
+ssize_t read(int fd, void *buf, size_t n)
+{
+	long r = syscall(SYS_read, fd, buf, n);
+
+	if (r > 0 && r % (long)sizeof(struct uffd_msg) == 0 && atomic_load(&hold_remove)) {
+		const struct uffd_msg *m = buf;
+
+		for (long k = 0; k < r / (long)sizeof(*m); k++)
+			if (m[k].event == UFFD_EVENT_REMOVE && atomic_exchange(&hold_remove, 0))
+				usleep(50000);
+	}
+	return (ssize_t)r;
 }
 
 static void *migrate_b(void *arg)
@@ -288,13 +309,44 @@ START_TEST(unshare_retry_does_not_retake_a_page_a_raw_dontneed_may_zap)
 }
 END_TEST
 
+/*
+ * madvise(MADV_DONTNEED) returns once the handler has read the REMOVE; here
+ * the handler then waits 50 ms before applying it. A device read right
+ * after the call must not return the page's old data from device memory
+ * (it did before read_begin waited for read REMOVEs to be applied).
+ */
+START_TEST(device_read_after_raw_dontneed_sees_zeros)
+{
+	uint8_t buf[T_PAGE];
+
+	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
+	ck_assert_int_eq(uhmm_mm_alloc(mm, 4 * T_PAGE, 0, (void **)&mem), 0);
+	ck_assert_int_eq(uhmm_sim_create(mm, NULL, &sim), 0);
+	memset(mem, 0x66, 4 * T_PAGE);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 1), 1);
+	ck_assert_int_eq(uhmm_sim_read(sim, (uintptr_t)mem, 1, buf), 0);
+	ck_assert_uint_eq(buf[0], 0x66);	/* from device memory */
+	atomic_store(&hold_remove, 1);
+	ck_assert_int_eq(madvise(mem, T_PAGE, MADV_DONTNEED), 0);
+	ck_assert_int_eq(uhmm_sim_read(sim, (uintptr_t)mem, 1, buf), 0);
+	ck_assert_int_eq(atomic_load(&hold_remove), 0);	/* the handler was held */
+	ck_assert_int_eq(t_first_nonzero(buf, T_PAGE), -1);
+	ck_assert_uint_eq(mem[T_PAGE - 1], 0);
+	ck_assert_uint_eq(mem[T_PAGE], 0x66);
+	uhmm_sim_destroy(sim);
+	ck_assert_int_eq(uhmm_mm_free(mm, mem, 4 * T_PAGE), 0);
+	uhmm_mm_close(mm);
+}
+END_TEST
+
 int main(void)
 {
 	TCase *tc = T_TCASE("races", NULL, NULL,
 			    unshare_retry_leaves_another_migrations_page_alone,
 			    fork_while_handler_callback_allocates,
 			    raw_dontneed_page_is_not_taken_before_its_zap,
-			    unshare_retry_does_not_retake_a_page_a_raw_dontneed_may_zap);
+			    unshare_retry_does_not_retake_a_page_a_raw_dontneed_may_zap,
+			    device_read_after_raw_dontneed_sees_zeros);
 
 	return t_run_suite("races", tc, NULL);
 }
