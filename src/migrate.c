@@ -215,6 +215,24 @@ static bool let_go_if_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t a)
 	return true;
 }
 
+/* How many pages from @i on (up to @j) still have @c's entry (mm->lock held). */
+static uint64_t ours_prefix(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i, uint64_t j)
+{
+	struct mm_vma *v = NULL;
+	uint64_t k;
+
+	for (k = i; k < j; k++) {
+		uint64_t a = VA(c->m, k), *pe;
+
+		if (!v || a >= v->end)
+			v = uhmm_vma_find(mm, a);
+		pe = v ? uhmm_vma_ent(v, a, false) : NULL;
+		if (!pe || *pe != ENT_MAKE(c, ENT_MIGRATING, 0))
+			break;
+	}
+	return k - i;
+}
+
 /*
  * A page shared with a forked child cannot be moved (-EBUSY). Release it,
  * break the sharing with a write fault (served by the kernel, the page is
@@ -368,11 +386,25 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		while (j < n && (m->src[j] & UHMM_MIGRATE_PFN_MIGRATE) &&
 		       !(m->src[j] & UHMM_MIGRATE_PFN_DEVICE))
 			j++;
+		/*
+		 * Move only what is still ours, under mm->lock: a REMOVE applied
+		 * since the pages were taken clears their entries, and a CPU
+		 * fault may then have filled one and written it; moving that
+		 * page would lose the write (finalize gives back only its own).
+		 */
+		mm_lock(mm);
+		j = i + ours_prefix(mm, c, i, j);
+		if (j == i) {
+			mm_unlock(mm);
+			m->src[i++] = 0;	/* let go by a REMOVE or an unmap */
+			continue;
+		}
 		if (c->stage)
 			rc = uhmm_uffd_move(mm, (uint64_t)(uintptr_t)c->stage + i * PG,
 					    VA(m, i), (j - i) * PG, &moved);
 		else
 			rc = -ENOMEM;
+		mm_unlock(mm);
 		if (rc) {
 			uint64_t bad = i + moved / PG;
 

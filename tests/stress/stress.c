@@ -445,6 +445,13 @@ static void fork_child(void)
 				       gp, g.pages[gp].ver, w, what);
 			if (bad++ < 8 && write(2, line, (size_t)len) < 0)
 				break;
+			if (bad == 1) {
+				/* one thread here: a lock another thread held at the
+				 * fork would never be released */
+				pthread_mutex_init(&g.ring_lock, NULL);
+				fprintf(stderr, "  recent operations on this page (newest first):\n");
+				ring_dump(gp, 24);
+			}
 		}
 	}
 	_exit(bad ? 1 : 0);

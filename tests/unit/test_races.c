@@ -13,7 +13,10 @@
  *    taken by a migration (it carried the dropped data to the device), nor
  *    taken again after its sharing with a fork child was broken;
  *  - a device read after a plain MADV_DONTNEED returned sees the pages
- *    dropped, though the handler may not have applied the REMOVE yet.
+ *    dropped, though the handler may not have applied the REMOVE yet;
+ *  - a page whose entry a REMOVE cleared between a migration's setup taking
+ *    it and moving it, and which the CPU wrote again meanwhile, is not moved
+ *    away (its new data was lost).
  * The program interposes madvise() to stop migration A at a chosen point,
  * and read() to hold the handler between reading a REMOVE and applying it;
  * the interposers are inert unless a test arms them.
@@ -339,6 +342,75 @@ START_TEST(device_read_after_raw_dontneed_sees_zeros)
 }
 END_TEST
 
+/* T: a plain DONTNEED of page 0, then (once the handler applied it) a write */
+static atomic_int t_done;
+
+static void *dontneed_then_write(void *arg)
+{
+	(void)arg;
+	if (madvise(mem, T_PAGE, MADV_DONTNEED) == 0) {
+		while (!atomic_load(&seen[UHMM_EVENT_CLEAR]))
+			usleep(100);
+		usleep(20000);		/* the entry cleared after the callbacks */
+		memset(mem, 0x77, T_PAGE);	/* faults: filled, then written */
+	}
+	atomic_store(&t_done, 1);
+	return NULL;
+}
+
+static atomic_int stop_migrate;		/* armed: the next MIGRATE runs T first */
+
+static bool stop_migrate_cb(struct uhmm_interval_notifier *s,
+			    const struct uhmm_notifier_range *r, unsigned long seq)
+{
+	int armed = 1;
+
+	uhmm_interval_set_seq(s, seq);
+	if ((unsigned int)r->event < 32)
+		atomic_fetch_add(&seen[r->event], 1);
+	if (r->event == UHMM_EVENT_MIGRATE && atomic_compare_exchange_strong(&stop_migrate, &armed, 0)) {
+		pthread_t t;
+
+		/* between setup taking page 0 and moving it */
+		if (pthread_create(&t, NULL, dontneed_then_write, NULL) == 0) {
+			for (int i = 0; i < 500 && !atomic_load(&t_done); i++)
+				usleep(1000);
+			pthread_detach(t);
+		}
+	}
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops stop_migrate_ops = { .invalidate = stop_migrate_cb };
+
+/*
+ * Migration A takes page 0 (absent); before A moves it, a plain DONTNEED's
+ * REMOVE clears A's entry and the CPU writes the page again. A must leave
+ * the page where it is: moved to the staging area, its entry no longer A's,
+ * the new data was dropped and the CPU read zeros.
+ */
+START_TEST(page_rewritten_after_remove_is_not_moved_away)
+{
+	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
+	ck_assert_int_eq(uhmm_mm_alloc(mm, 4 * T_PAGE, 0, (void **)&mem), 0);
+	ck_assert_int_eq(uhmm_sim_create(mm, NULL, &sim), 0);
+	memset(mem + T_PAGE, 0x11, 3 * T_PAGE);	/* page 0 never touched */
+	memset((void *)seen, 0, sizeof(seen));
+	ck_assert_int_eq(uhmm_interval_notifier_insert(&watch, mm, (uintptr_t)mem, 4 * T_PAGE,
+						       &stop_migrate_ops), 0);
+	atomic_store(&stop_migrate, 1);
+	ck_assert_int_ge(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 4), 0);
+	ck_assert_int_eq(atomic_load(&t_done), 1);	/* the race was forced */
+	uhmm_interval_notifier_remove(&watch);
+	ck_assert_uint_eq(mem[0], 0x77);
+	ck_assert_uint_eq(mem[T_PAGE - 1], 0x77);
+	ck_assert_uint_eq(mem[T_PAGE], 0x11);
+	uhmm_sim_destroy(sim);
+	ck_assert_int_eq(uhmm_mm_free(mm, mem, 4 * T_PAGE), 0);
+	uhmm_mm_close(mm);
+}
+END_TEST
+
 int main(void)
 {
 	TCase *tc = T_TCASE("races", NULL, NULL,
@@ -346,7 +418,8 @@ int main(void)
 			    fork_while_handler_callback_allocates,
 			    raw_dontneed_page_is_not_taken_before_its_zap,
 			    unshare_retry_does_not_retake_a_page_a_raw_dontneed_may_zap,
-			    device_read_after_raw_dontneed_sees_zeros);
+			    device_read_after_raw_dontneed_sees_zeros,
+			    page_rewritten_after_remove_is_not_moved_away);
 
 	return t_run_suite("races", tc, NULL);
 }
