@@ -884,8 +884,8 @@ static int evict(struct uhmm_pagemap *pgmap, uint64_t first, uint64_t last)
 
 	pthread_mutex_lock(&uhmm_mm_list_lock);
 	for (struct uhmm_mm *mm = uhmm_mm_list; mm; mm = mm->next_open) {
-		uint64_t from = 0;	/* pages below failed in this pass */
-		bool failed = false;
+		uint64_t from = 0;	/* pages below are done or failed in this pass */
+		bool failed = false, progress = false;
 
 		for (int pass = 0;;) {
 			uint64_t addr = 0;
@@ -896,13 +896,13 @@ static int evict(struct uhmm_pagemap *pgmap, uint64_t first, uint64_t last)
 
 				if (v->end <= from)
 					continue;
-				for (uint64_t k = 0; v->nents && k < (v->end - v->start) / PG; k++) {
+				for (uint64_t k = from > v->start ? (from - v->start) / PG : 0;
+				     v->nents && k < (v->end - v->start) / PG; k++) {
 					uint64_t e = v->ents[k];
 					struct uhmm_page *pg = ENT_PTR(e);
 					uint64_t pfn;
 
-					if (ENT_STATE(e) != ENT_DEVICE || pg->pgmap != pgmap ||
-					    v->start + k * PG < from)
+					if (ENT_STATE(e) != ENT_DEVICE || pg->pgmap != pgmap)
 						continue;
 					pfn = uhmm_page_to_pfn(pg);
 					if (pfn >= first && pfn < last) {
@@ -915,18 +915,23 @@ static int evict(struct uhmm_pagemap *pgmap, uint64_t first, uint64_t last)
 			if (!addr) {
 				struct timespec ts = { 0, 1000000 };
 
-				if (!failed || ++pass >= 64)
+				/* a pass that brought pages back is followed by one
+				 * more (a page may have moved below the cursor) */
+				if (!progress && (!failed || ++pass >= 64))
 					break;
-				from = 0;	/* try the skipped ones again */
-				failed = false;
-				nanosleep(&ts, NULL);
+				if (!progress)
+					nanosleep(&ts, NULL);	/* try the skipped ones again */
+				from = 0;
+				failed = progress = false;
 				continue;
 			}
+			/* on from the next page: one walk over the ranges a pass */
+			from = addr + PG;
 			if (uhmm_device_fault(mm, addr, false, 0)) {
-				from = addr + PG;
 				failed = true;
 				continue;
 			}
+			progress = true;
 			count++;
 		}
 	}

@@ -666,6 +666,20 @@ START_TEST(device_range_partial)
 }
 END_TEST
 
+/* A page whose migrate_to_ram fails is skipped, the walk goes on, and the
+ * page is tried again: every page comes back. */
+START_TEST(device_range_retries_a_failing_page)
+{
+	t_fill_pattern(mem, LEN, 19);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	atomic_store(&drv->to_ram_fail, 2);	/* pages 0 and 1 fail once */
+	ck_assert_int_eq(uhmm_migrate_device_range(&drv->pgmap, first_pfn(drv), 64), NP);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), NP + 2);
+	ck_assert_int_eq(wait_frees(drv, NP), NP);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 19), -1);
+}
+END_TEST
+
 /* Bad arguments are -EINVAL. */
 START_TEST(device_range_bad_args_einval)
 {
@@ -889,7 +903,8 @@ int main(void)
 			      finalize_device_to_system, finalize_cpu_write_after_migration,
 			      finalize_to_ram_dst_empty_sigbus);
 	TCase *trange = T_TCASE("migrate_device_range", setup, teardown, device_range_evicts_all,
-				device_range_partial, device_range_bad_args_einval);
+				device_range_partial, device_range_retries_a_failing_page,
+				device_range_bad_args_einval);
 	TCase *tunmap = T_TCASE("memunmap_pages", setup, teardown,
 				memunmap_with_mapped_pages_keeps_data);
 	TCase *tfork = T_TCASE("fork", setup, teardown, fork_child_reads_device_data,
