@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <uhmm/migrate.h>
 #include "mm_internal.h"
 #include "pagemap_internal.h"
@@ -198,6 +197,30 @@ static struct mig_ctl *ctl_alloc(uint64_t n)
 }
 
 /*
+ * The CPU entry of address @a if it is still @c's MIGRATING entry, else
+ * NULL (mm->lock held). *vp: the range of the previous call, or NULL; it is
+ * looked up again when @a is outside it.
+ */
+static uint64_t *ours_ent(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t a,
+			  struct mm_vma **vp)
+{
+	uint64_t *pe;
+
+	if (!*vp || a < (*vp)->start || a >= (*vp)->end)
+		*vp = uhmm_vma_find(mm, a);
+	pe = *vp ? uhmm_vma_ent(*vp, a, false) : NULL;
+	return pe && ENT_STATE(*pe) == ENT_MIGRATING && ENT_PTR(*pe) == c ? pe : NULL;
+}
+
+/* Page i's CPU entry is still this migration's (mm->lock held). */
+static bool still_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i)
+{
+	struct mm_vma *v = NULL;
+
+	return ours_ent(mm, c, VA(c->m, i), &v) != NULL;
+}
+
+/*
  * Give page @a back to the CPU if its entry is still @c's (mm->lock held).
  * Once let go (here, or by a DONTNEED applied meanwhile), the entry may be
  * another migration's, MIGRATING or already DEVICE: clearing that one would
@@ -206,10 +229,9 @@ static struct mig_ctl *ctl_alloc(uint64_t n)
  */
 static bool let_go_if_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t a)
 {
-	struct mm_vma *v = uhmm_vma_find(mm, a);
-	uint64_t *pe = v ? uhmm_vma_ent(v, a, false) : NULL;
+	struct mm_vma *v = NULL;
 
-	if (!pe || *pe != ENT_MAKE(c, ENT_MIGRATING, 0))
+	if (!ours_ent(mm, c, a, &v))
 		return false;
 	uhmm_ent_set(mm, v, a, 0);
 	return true;
@@ -219,17 +241,10 @@ static bool let_go_if_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t a)
 static uint64_t ours_prefix(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i, uint64_t j)
 {
 	struct mm_vma *v = NULL;
-	uint64_t k;
+	uint64_t k = i;
 
-	for (k = i; k < j; k++) {
-		uint64_t a = VA(c->m, k), *pe;
-
-		if (!v || a >= v->end)
-			v = uhmm_vma_find(mm, a);
-		pe = v ? uhmm_vma_ent(v, a, false) : NULL;
-		if (!pe || *pe != ENT_MAKE(c, ENT_MIGRATING, 0))
-			break;
-	}
+	while (k < j && ours_ent(mm, c, VA(c->m, k), &v))
+		k++;
 	return k - i;
 }
 
@@ -572,15 +587,6 @@ static void fill_holes(struct uhmm_mm *mm, uint64_t to, uint64_t len)
 	}
 }
 
-/* Page i's CPU entry is still this migration's (mm->lock held). */
-static bool still_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i)
-{
-	struct mm_vma *v = uhmm_vma_find(mm, VA(c->m, i));
-	uint64_t *pe = v ? uhmm_vma_ent(v, VA(c->m, i), false) : NULL;
-
-	return pe && ENT_STATE(*pe) == ENT_MIGRATING && ENT_PTR(*pe) == c;
-}
-
 /*
  * Short runs into the process are copied from device memory that is present:
  * a move must flush the device mapping's TLB entries on every CPU the
@@ -774,7 +780,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	gate = uhmm_mm_lock_gated(mm);	/* no DONTNEED zap may follow our writes */
 	v = NULL;			/* the range of page i, while mm->lock is held */
 	for (uint64_t i = 0; i < m->npages; i++) {
-		uint64_t s = m->src[i], d = m->dst[i], *pe, e;
+		uint64_t s = m->src[i], d = m->dst[i];
 		bool migrate = (s & UHMM_MIGRATE_PFN_MIGRATE) && (d & UHMM_MIGRATE_PFN_VALID);
 		struct uhmm_page *dpg = NULL;
 
@@ -789,11 +795,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		if (!migrate)
 			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 
-		if (!v || VA(m, i) < v->start || VA(m, i) >= v->end)
-			v = uhmm_vma_find(mm, VA(m, i));
-		pe = v ? uhmm_vma_ent(v, VA(m, i), false) : NULL;
-		e = pe ? *pe : 0;
-		if (!(ENT_STATE(e) == ENT_MIGRATING && ENT_PTR(e) == c)) {
+		if (!ours_ent(mm, c, VA(m, i), &v)) {
 			/* not ours, or unmapped/dropped meanwhile: data is gone */
 			if (migrate && (d & UHMM_MIGRATE_PFN_DEVICE))
 				dpg = c->dstpage[i];
@@ -871,6 +873,24 @@ again:
 /* ---------------------------------------------------------------------- */
 /* eviction                                                                 */
 
+/* Device pages of one pagemap within a pfn range. */
+struct evict_want {
+	struct uhmm_pagemap *pgmap;
+	uint64_t first, last;
+};
+
+static bool evict_wanted(uint64_t e, void *arg)
+{
+	const struct evict_want *w = arg;
+	struct uhmm_page *pg = ENT_PTR(e);
+	uint64_t pfn;
+
+	if (ENT_STATE(e) != ENT_DEVICE || pg->pgmap != w->pgmap)
+		return false;
+	pfn = uhmm_page_to_pfn(pg);
+	return pfn >= w->first && pfn < w->last;
+}
+
 /*
  * Bring back every page of @pgmap in [first, last) that a CPU entry holds.
  * A page that fails is skipped, not the end of the walk: the usual failure
@@ -880,61 +900,12 @@ again:
  */
 static int evict(struct uhmm_pagemap *pgmap, uint64_t first, uint64_t last)
 {
-	int count = 0;
+	struct evict_want w = { pgmap, first, last };
+	int count = 0, err;
 
 	pthread_mutex_lock(&uhmm_mm_list_lock);
-	for (struct uhmm_mm *mm = uhmm_mm_list; mm; mm = mm->next_open) {
-		uint64_t from = 0;	/* pages below are done or failed in this pass */
-		bool failed = false, progress = false;
-
-		for (int pass = 0;;) {
-			uint64_t addr = 0;
-
-			mm_lock(mm);
-			for (size_t i = 0; i < mm->nr_vmas && !addr; i++) {
-				struct mm_vma *v = &mm->vmas[i];
-
-				if (v->end <= from)
-					continue;
-				for (uint64_t k = from > v->start ? (from - v->start) / PG : 0;
-				     v->nents && k < (v->end - v->start) / PG; k++) {
-					uint64_t e = v->ents[k];
-					struct uhmm_page *pg = ENT_PTR(e);
-					uint64_t pfn;
-
-					if (ENT_STATE(e) != ENT_DEVICE || pg->pgmap != pgmap)
-						continue;
-					pfn = uhmm_page_to_pfn(pg);
-					if (pfn >= first && pfn < last) {
-						addr = v->start + k * PG;
-						break;
-					}
-				}
-			}
-			mm_unlock(mm);
-			if (!addr) {
-				struct timespec ts = { 0, 1000000 };
-
-				/* a pass that brought pages back is followed by one
-				 * more (a page may have moved below the cursor) */
-				if (!progress && (!failed || ++pass >= 64))
-					break;
-				if (!progress)
-					nanosleep(&ts, NULL);	/* try the skipped ones again */
-				from = 0;
-				failed = progress = false;
-				continue;
-			}
-			/* on from the next page: one walk over the ranges a pass */
-			from = addr + PG;
-			if (uhmm_device_fault(mm, addr, false, 0)) {
-				failed = true;
-				continue;
-			}
-			progress = true;
-			count++;
-		}
-	}
+	for (struct uhmm_mm *mm = uhmm_mm_list; mm; mm = mm->next_open)
+		count += uhmm_mm_bring_back_if(mm, 0, UINT64_MAX, evict_wanted, &w, &err);
 	pthread_mutex_unlock(&uhmm_mm_list_lock);
 	return count;
 }

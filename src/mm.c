@@ -490,8 +490,9 @@ int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr, bool write, int tid)
 	return rc;
 }
 
-/* The first device-resident or exclusive page of [from, end), 0 if none. */
-static uint64_t next_away_page(struct uhmm_mm *mm, uint64_t from, uint64_t end, uint64_t *ent)
+/* The first page of [from, end) whose entry @want accepts, 0 if none. */
+static uint64_t next_wanted_page(struct uhmm_mm *mm, uint64_t from, uint64_t end,
+				 uhmm_ent_want_fn want, void *arg, uint64_t *ent)
 {
 	uint64_t found = 0;
 
@@ -506,7 +507,7 @@ static uint64_t next_away_page(struct uhmm_mm *mm, uint64_t from, uint64_t end, 
 		     a += UHMM_PAGE_SIZE) {
 			uint64_t e = v->ents[(a - v->start) >> UHMM_PAGE_SHIFT];
 
-			if (ENT_STATE(e) == ENT_DEVICE || ENT_STATE(e) == ENT_EXCLUSIVE) {
+			if (want(e, arg)) {
 				*ent = e;
 				found = a;
 				break;
@@ -517,35 +518,53 @@ static uint64_t next_away_page(struct uhmm_mm *mm, uint64_t from, uint64_t end, 
 	return found;
 }
 
-/*
- * Bring every device-resident or exclusive page of [start, end) back to RAM.
- * A page that fails does not stop the walk (a fork must leave none behind:
- * the child would read a hole as zeros); failed pages are tried again in
- * later passes, 1 ms apart. 0, or the last error if pages are left.
- */
-int uhmm_mm_bring_back(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+int uhmm_mm_bring_back_if(struct uhmm_mm *mm, uint64_t start, uint64_t end,
+			  uhmm_ent_want_fn want, void *arg, int *err)
 {
-	int err = 0;
+	int count = 0;
 
-	for (int pass = 0; pass < 64; pass++) {
+	for (int pass = 0;;) {
 		struct timespec ts = { 0, 1000000 };
+		bool failed = false, progress = false;
 		uint64_t addr, e = 0;
-		bool failed = false;
 
+		*err = 0;
 		for (uint64_t from = start; from < end &&
-		     (addr = next_away_page(mm, from, end, &e)); from = addr + UHMM_PAGE_SIZE) {
+		     (addr = next_wanted_page(mm, from, end, want, arg, &e));
+		     from = addr + UHMM_PAGE_SIZE) {
 			int rc = ENT_STATE(e) == ENT_DEVICE ? uhmm_device_fault(mm, addr, false, 0)
 							    : uhmm_excl_restore(mm, addr);
 
 			if (rc) {
 				failed = true;
-				err = rc;
+				*err = rc;
+			} else {
+				progress = true;
+				count++;
 			}
 		}
-		if (!failed)
-			return 0;
-		nanosleep(&ts, NULL);	/* short of memory or racing: again */
+		/* a pass that brought pages back is followed by one more (a
+		 * page may have moved below the cursor meanwhile) */
+		if (!progress && (!failed || ++pass >= 64))
+			return count;
+		if (!progress)
+			nanosleep(&ts, NULL);	/* short of memory or racing: again */
 	}
+}
+
+static bool away(uint64_t e, void *arg)
+{
+	(void)arg;
+	return ENT_STATE(e) == ENT_DEVICE || ENT_STATE(e) == ENT_EXCLUSIVE;
+}
+
+/* Bring every device-resident or exclusive page of [start, end) back to RAM:
+ * 0, or the last error if pages are left. */
+int uhmm_mm_bring_back(struct uhmm_mm *mm, uint64_t start, uint64_t end)
+{
+	int err;
+
+	uhmm_mm_bring_back_if(mm, start, end, away, NULL, &err);
 	return err;
 }
 

@@ -179,6 +179,16 @@ UHMM_HIDDEN void uhmm_mm_apply_unmap(struct uhmm_mm *mm, uint64_t start,
 UHMM_HIDDEN void uhmm_mm_apply_remap(struct uhmm_mm *mm, uint64_t from,
 				     uint64_t to, uint64_t len);
 UHMM_HIDDEN void uhmm_mm_migration_begin(struct uhmm_mm *mm);
+/*
+ * Bring back to RAM the pages of [start, end) whose CPU entry @want accepts
+ * (device pages by migrate_to_ram, exclusive ones by restoring them). A
+ * page that fails does not stop the walk. Passes repeat while one brings
+ * pages back, and up to 64 times, 1 ms apart, while pages fail. Return: the
+ * pages brought back; *err: the last error of the final pass, 0 if none.
+ */
+typedef bool (*uhmm_ent_want_fn)(uint64_t e, void *arg);
+UHMM_HIDDEN int uhmm_mm_bring_back_if(struct uhmm_mm *mm, uint64_t start, uint64_t end,
+				      uhmm_ent_want_fn want, void *arg, int *err);
 /* kernel view of the mapping at addr (PROCMAP_QUERY, else /proc/self/maps) */
 struct vma_info {
 	uint64_t start, end;

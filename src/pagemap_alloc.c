@@ -147,15 +147,7 @@ static void pool_take_run(struct uhmm_page_pool *pool, uint64_t s, uint64_t n,
 static void pool_take(struct uhmm_page_pool *pool, uint64_t idx,
 		      struct uhmm_page **out)
 {
-	struct uhmm_page *page = &pool->pages[idx];
-	size_t w = idx / 64;
-
-	pool->bm[w] &= ~(1ULL << (idx % 64));
-	if (!pool->bm[w])
-		pool->bm_sum[w / 64] &= ~(1ULL << (w % 64));
-	__atomic_store_n(&page->flags, UHMM_PAGE_ALLOCATED, __ATOMIC_RELAXED);
-	__atomic_store_n(&page->refcount, 1, __ATOMIC_RELEASE);
-	*out = page;
+	pool_take_run(pool, idx, 1, out);
 }
 
 static int pool_alloc_contig(struct uhmm_page_pool *pool, uint64_t n,

@@ -472,7 +472,21 @@ static int sim_fault(struct uhmm_sim *s, uint64_t a, uint64_t b, bool write)
 	}
 }
 
-/* One piece of a read or write: fault what the table lacks, then copy. */
+/* Add page @l <- @r to a process_vm iovec pair; a page that continues the
+ * last pair at both ends extends it. */
+static void iov_add_page(struct iovec *loc, struct iovec *rem, unsigned long *nv,
+			 void *l, void *r)
+{
+	if (*nv && (uint8_t *)loc[*nv - 1].iov_base + loc[*nv - 1].iov_len == l &&
+	    (uint8_t *)rem[*nv - 1].iov_base + rem[*nv - 1].iov_len == r) {
+		loc[*nv - 1].iov_len += PG;
+		rem[*nv - 1].iov_len += PG;
+		return;
+	}
+	loc[*nv] = (struct iovec){ l, PG };
+	rem[(*nv)++] = (struct iovec){ r, PG };
+}
+
 /* Every page of [a, a + n pages) still has an entry of the kind seen (s->lock). */
 static bool kinds_unchanged(struct uhmm_sim *s, uint64_t a, uint64_t n,
 			    const uint8_t *kinds)
@@ -486,6 +500,7 @@ static bool kinds_unchanged(struct uhmm_sim *s, uint64_t a, uint64_t n,
 	return true;
 }
 
+/* One piece of a read or write: fault what the table lacks, then copy. */
 static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 		      bool write)
 {
@@ -529,14 +544,7 @@ static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 			kinds[i] = e ? e->kind : 0;
 			if (kinds[i] != PT_SYS)
 				continue;
-			if (nv && (uint8_t *)local[nv - 1].iov_base + local[nv - 1].iov_len ==
-					  buf + i * PG) {
-				local[nv - 1].iov_len += PG;
-				remote[nv - 1].iov_len += PG;
-				continue;
-			}
-			local[nv] = (struct iovec){ buf + i * PG, PG };
-			remote[nv++] = (struct iovec){ (void *)(uintptr_t)(a + i * PG), PG };
+			iov_add_page(local, remote, &nv, buf + i * PG, (void *)(uintptr_t)(a + i * PG));
 		}
 		pthread_mutex_unlock(&s->lock);
 		if (nv) {
@@ -639,14 +647,7 @@ static void dma_copy_in(const struct uhmm_migrate *m, struct uhmm_page *const *p
 			memset(to, 0, PG);	/* never touched: zero */
 			continue;
 		}
-		if (nv && (uint8_t *)loc[nv - 1].iov_base + loc[nv - 1].iov_len == to &&
-		    (uint8_t *)rem[nv - 1].iov_base + rem[nv - 1].iov_len == from) {
-			loc[nv - 1].iov_len += PG;
-			rem[nv - 1].iov_len += PG;
-			continue;
-		}
-		loc[nv] = (struct iovec){ to, PG };
-		rem[nv++] = (struct iovec){ from, PG };
+		iov_add_page(loc, rem, &nv, to, from);
 	}
 	if (nv && !uhmm_fi_fail(UHMM_FI_PROCESS_VM))
 		r = process_vm_readv(getpid(), loc, nv, rem, nv, 0);

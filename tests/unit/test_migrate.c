@@ -51,6 +51,22 @@ static void drv_page_free(struct uhmm_page *pg)
 	atomic_fetch_add(&DRV(pg->pgmap)->frees, 1);
 }
 
+/* Page 0 of a device -> system migration: copy it into its system buffer. */
+static void copy_page_back(struct uhmm_migrate *m)
+{
+	struct uhmm_page *pg;
+	void *to;
+
+	if (!(m->src[0] & UHMM_MIGRATE_PFN_MIGRATE))
+		return;
+	pg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(m->src[0]));
+	to = uhmm_migrate_dst_buf(m, 0);
+	if (pg && to) {
+		memcpy(to, uhmm_page_to_virt(pg), T_PAGE);
+		m->dst[0] = UHMM_MIGRATE_PFN_SYSTEM;
+	}
+}
+
 static int drv_migrate_to_ram(struct uhmm_fault *f)
 {
 	struct drv *d = DRV(f->page->pgmap);
@@ -73,15 +89,8 @@ static int drv_migrate_to_ram(struct uhmm_fault *f)
 	if (err)
 		return err;
 	if ((src[0] & UHMM_MIGRATE_PFN_MIGRATE) && !atomic_load(&d->to_ram_skip) &&
-	    atomic_fetch_sub(&d->to_ram_fail, 1) <= 0) {
-		struct uhmm_page *pg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(src[0]));
-		void *to = uhmm_migrate_dst_buf(&m, 0);
-
-		if (pg && to) {
-			memcpy(to, uhmm_page_to_virt(pg), T_PAGE);
-			dst[0] = UHMM_MIGRATE_PFN_SYSTEM;
-		}
-	}
+	    atomic_fetch_sub(&d->to_ram_fail, 1) <= 0)
+		copy_page_back(&m);
 	uhmm_migrate_pages(&m);
 	err = uhmm_migrate_finalize(&m);
 	return err < 0 ? err : 0;
@@ -778,15 +787,7 @@ static void *late_to_sys(void *arg)
 		return NULL;
 	atomic_store(&late_setup_done, 1);
 	usleep(300000);		/* in flight across the fork, if not held back */
-	if (src[0] & UHMM_MIGRATE_PFN_MIGRATE) {
-		struct uhmm_page *pg = uhmm_pfn_to_page(uhmm_migrate_pfn_to_pfn(src[0]));
-		void *to = uhmm_migrate_dst_buf(&m, 0);
-
-		if (pg && to) {
-			memcpy(to, uhmm_page_to_virt(pg), T_PAGE);
-			dst[0] = UHMM_MIGRATE_PFN_SYSTEM;
-		}
-	}
+	copy_page_back(&m);
 	uhmm_migrate_pages(&m);
 	uhmm_migrate_finalize(&m);
 	return NULL;

@@ -103,6 +103,26 @@ static void wait_invalidation(struct uhmm_interval_notifier *w, enum uhmm_event 
 	(void)uhmm_interval_read_begin(w);
 }
 
+static uint64_t env_pages;
+
+/* An mm with @npages of managed memory at mem and a sim (64 pages) on it. */
+static void env_open(uint64_t npages)
+{
+	UHMM_OPTS(sim_opts, o, .capacity_pages = 64);
+
+	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
+	ck_assert_int_eq(uhmm_mm_alloc(mm, npages * T_PAGE, 0, (void **)&mem), 0);
+	ck_assert_int_eq(uhmm_sim_create(mm, &o, &sim), 0);
+	env_pages = npages;
+}
+
+static void env_close(void)
+{
+	uhmm_sim_destroy(sim);
+	ck_assert_int_eq(uhmm_mm_free(mm, mem, env_pages * T_PAGE), 0);
+	uhmm_mm_close(mm);
+}
+
 /*
  * A migrates 4 pages shared with a fork child; it lets go of page 0 to break
  * the sharing, and B takes page 0 to the device then. A must leave B's entry
@@ -110,15 +130,12 @@ static void wait_invalidation(struct uhmm_interval_notifier *w, enum uhmm_event 
  */
 START_TEST(unshare_retry_leaves_another_migrations_page_alone)
 {
-	UHMM_OPTS(sim_opts, o, .capacity_pages = 64);
 	struct uhmm_sim_counters c;
 	pthread_t b;
 	pid_t child;
 	int ret_b = -1, ret_a;
 
-	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
-	ck_assert_int_eq(uhmm_mm_alloc(mm, 4 * T_PAGE, 0, (void **)&mem), 0);
-	ck_assert_int_eq(uhmm_sim_create(mm, &o, &sim), 0);
+	env_open(4);
 	memset(mem, 0x5a, 4 * T_PAGE);
 	ck_assert_int_eq(uhmm_interval_notifier_insert(&watch, mm, (uintptr_t)mem, 4 * T_PAGE,
 						       &count_ops), 0);
@@ -149,9 +166,7 @@ START_TEST(unshare_retry_leaves_another_migrations_page_alone)
 	ck_assert_uint_eq(c.dev_pages, (uint64_t)ret_a + 1);	/* no page lost */
 	for (int i = 0; i < 4; i++)
 		ck_assert_uint_eq(mem[i * T_PAGE], 0x5a);
-	uhmm_sim_destroy(sim);		/* hung here (test timeout) before the fix */
-	ck_assert_int_eq(uhmm_mm_free(mm, mem, 4 * T_PAGE), 0);
-	uhmm_mm_close(mm);
+	env_close();		/* hung here (test timeout) before the fix */
 }
 END_TEST
 
@@ -220,9 +235,7 @@ END_TEST
  */
 START_TEST(raw_dontneed_page_is_not_taken_before_its_zap)
 {
-	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
-	ck_assert_int_eq(uhmm_mm_alloc(mm, 4 * T_PAGE, 0, (void **)&mem), 0);
-	ck_assert_int_eq(uhmm_sim_create(mm, NULL, &sim), 0);
+	env_open(4);
 	memset(mem, 0x11, 4 * T_PAGE);
 	ck_assert_int_eq(uhmm_interval_notifier_insert(&watch, mm, (uintptr_t)mem, 4 * T_PAGE,
 						       &count_ops), 0);
@@ -237,9 +250,7 @@ START_TEST(raw_dontneed_page_is_not_taken_before_its_zap)
 	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 1), 1);
 	ck_assert_uint_eq(mem[T_PAGE - 1], 0x22);	/* fault-back */
 	ck_assert_uint_eq(mem[T_PAGE], 0x11);
-	uhmm_sim_destroy(sim);
-	ck_assert_int_eq(uhmm_mm_free(mm, mem, 4 * T_PAGE), 0);
-	uhmm_mm_close(mm);
+	env_close();
 }
 END_TEST
 
@@ -272,15 +283,12 @@ static void *dontneed_d(void *arg)
  */
 START_TEST(unshare_retry_does_not_retake_a_page_a_raw_dontneed_may_zap)
 {
-	UHMM_OPTS(sim_opts, o, .capacity_pages = 64);
 	struct uhmm_sim_counters c;
 	pthread_t d;
 	pid_t child;
 	int ret_d = -1, ret_a;
 
-	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
-	ck_assert_int_eq(uhmm_mm_alloc(mm, T_PAGE, 0, (void **)&mem), 0);
-	ck_assert_int_eq(uhmm_sim_create(mm, &o, &sim), 0);
+	env_open(1);
 	memset(mem, 0x33, T_PAGE);
 	ck_assert_int_eq(uhmm_interval_notifier_insert(&watch, mm, (uintptr_t)mem, T_PAGE,
 						       &count_ops), 0);
@@ -306,9 +314,7 @@ START_TEST(unshare_retry_does_not_retake_a_page_a_raw_dontneed_may_zap)
 	ck_assert_uint_eq(c.dev_pages, 0);
 	ck_assert_uint_eq(mem[0], 0x44);
 	ck_assert_uint_eq(mem[T_PAGE - 1], 0x44);
-	uhmm_sim_destroy(sim);
-	ck_assert_int_eq(uhmm_mm_free(mm, mem, T_PAGE), 0);
-	uhmm_mm_close(mm);
+	env_close();
 }
 END_TEST
 
@@ -322,9 +328,7 @@ START_TEST(device_read_after_raw_dontneed_sees_zeros)
 {
 	uint8_t buf[T_PAGE];
 
-	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
-	ck_assert_int_eq(uhmm_mm_alloc(mm, 4 * T_PAGE, 0, (void **)&mem), 0);
-	ck_assert_int_eq(uhmm_sim_create(mm, NULL, &sim), 0);
+	env_open(4);
 	memset(mem, 0x66, 4 * T_PAGE);
 	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 1), 1);
 	ck_assert_int_eq(uhmm_sim_read(sim, (uintptr_t)mem, 1, buf), 0);
@@ -336,9 +340,7 @@ START_TEST(device_read_after_raw_dontneed_sees_zeros)
 	ck_assert_int_eq(t_first_nonzero(buf, T_PAGE), -1);
 	ck_assert_uint_eq(mem[T_PAGE - 1], 0);
 	ck_assert_uint_eq(mem[T_PAGE], 0x66);
-	uhmm_sim_destroy(sim);
-	ck_assert_int_eq(uhmm_mm_free(mm, mem, 4 * T_PAGE), 0);
-	uhmm_mm_close(mm);
+	env_close();
 }
 END_TEST
 
@@ -391,9 +393,7 @@ static const struct uhmm_interval_notifier_ops stop_migrate_ops = { .invalidate 
  */
 START_TEST(page_rewritten_after_remove_is_not_moved_away)
 {
-	ck_assert_int_eq(uhmm_mm_open(&mm, NULL), 0);
-	ck_assert_int_eq(uhmm_mm_alloc(mm, 4 * T_PAGE, 0, (void **)&mem), 0);
-	ck_assert_int_eq(uhmm_sim_create(mm, NULL, &sim), 0);
+	env_open(4);
 	memset(mem + T_PAGE, 0x11, 3 * T_PAGE);	/* page 0 never touched */
 	memset((void *)seen, 0, sizeof(seen));
 	ck_assert_int_eq(uhmm_interval_notifier_insert(&watch, mm, (uintptr_t)mem, 4 * T_PAGE,
@@ -405,9 +405,7 @@ START_TEST(page_rewritten_after_remove_is_not_moved_away)
 	ck_assert_uint_eq(mem[0], 0x77);
 	ck_assert_uint_eq(mem[T_PAGE - 1], 0x77);
 	ck_assert_uint_eq(mem[T_PAGE], 0x11);
-	uhmm_sim_destroy(sim);
-	ck_assert_int_eq(uhmm_mm_free(mm, mem, 4 * T_PAGE), 0);
-	uhmm_mm_close(mm);
+	env_close();
 }
 END_TEST
 
