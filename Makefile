@@ -25,7 +25,8 @@ CPPFLAGS  += -DUHMM_FAULT_INJECT
 override LIB_OBJ = $(BUILD)/libuhmm-fi.o
 endif
 CFLAGS    += -std=gnu11 $(OPT) $(WARN) -pthread $(SAN)
-LIBCFLAGS := -fPIC -fvisibility=hidden
+# no interposition of our own exported functions: calls inside the library inline
+LIBCFLAGS := -fPIC -fvisibility=hidden -fno-semantic-interposition
 LDFLAGS   += $(SAN)
 LIBS      := -pthread -lc -ljemalloc
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lm -lrt)

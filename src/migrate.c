@@ -12,11 +12,14 @@
 struct mig_ctl {
 	struct uhmm_migrate *m;
 	uint8_t *stage;			/* system sources, moved out (managed) */
+	uint64_t *held;			/* or, direct: the dst page memory holding them */
 	uint64_t stage_pages;		/* size of the staging area */
 	uint8_t *dstbuf;		/* system destinations, on demand */
 	uint64_t dstbuf_pages;
 	struct uhmm_page **devpage;	/* device sources (entry's reference) */
 	struct uhmm_page **dstpage;	/* device destinations, looked up once */
+	uint64_t *dstpfn;		/* the pfn each was looked up for */
+	uint64_t *dsthost;		/* and its host memory (0: none) */
 	struct uhmm_page **put;		/* references finalize drops (2n) */
 	bool *placed;			/* data already where it belongs */
 	bool write_ok;			/* vma writable */
@@ -170,30 +173,119 @@ static void ctl_free(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t n)
 		stage_put(mm, c->stage, c->stage_pages);
 	if (c->dstbuf)
 		dstbuf_put(mm, c->dstbuf, c->dstbuf_pages);
-	free(c->devpage);
-	free(c->dstpage);
-	free(c->put);
-	free(c->placed);
-	free(c);
+	free(c);	/* the arrays are in the same block */
 }
 
 /* Everything a migration needs, allocated up front: past setup nothing can
  * fail for want of memory (a lost reference or a page left behind). */
-static struct mig_ctl *ctl_alloc(uint64_t n)
+static struct mig_ctl *ctl_alloc(uint64_t n, bool direct)
 {
-	struct mig_ctl *c = calloc(1, sizeof(*c));
+	/* one block: devpage, dstpage, dstpfn, dsthost, put (2n), held, placed */
+	uint64_t words = 6 + direct;
+	struct mig_ctl *c;
+	uint64_t *a;
 
+	if (n > (SIZE_MAX - sizeof(*c)) / (words * 8 + 1))
+		return NULL;
+	c = calloc(1, sizeof(*c) + n * (words * 8 + 1));
 	if (!c)
 		return NULL;
-	c->devpage = calloc(n, sizeof(*c->devpage));
-	c->dstpage = calloc(n, sizeof(*c->dstpage));
-	c->put = calloc(2 * n, sizeof(*c->put));
-	c->placed = calloc(n, sizeof(*c->placed));
-	if (!c->devpage || !c->dstpage || !c->put || !c->placed) {
-		ctl_free(NULL, c, n);	/* nothing staged yet: no mm needed */
-		return NULL;
-	}
+	a = (uint64_t *)(c + 1);
+	c->devpage = (struct uhmm_page **)a;
+	c->dstpage = (struct uhmm_page **)(a + n);
+	c->dstpfn = a + 2 * n;
+	c->dsthost = a + 3 * n;
+	c->put = (struct uhmm_page **)(a + 4 * n);
+	c->held = direct ? a + 6 * n : NULL;
+	c->placed = (bool *)(a + words * n);
 	return c;
+}
+
+static uint64_t host_addr(struct uhmm_page *pg)
+{
+	return pg ? (uint64_t)(uintptr_t)uhmm_page_to_virt(pg) : 0;
+}
+
+/* Where setup put the data of system source i (0: nowhere). */
+static uint64_t stage_at(const struct mig_ctl *c, uint64_t i)
+{
+	if (c->held)
+		return c->held[i];
+	return c->stage ? (uint64_t)(uintptr_t)c->stage + i * PG : 0;
+}
+
+/* Pages from @i on (up to @j, at most 512) whose staging memory follows on
+ * from page i's; 0 if page i has none. */
+static uint64_t stage_run(const struct mig_ctl *c, uint64_t i, uint64_t j)
+{
+	uint64_t a = stage_at(c, i), k = 1;
+
+	if (!a)
+		return 0;
+	while (i + k < j && k < 512 && stage_at(c, i + k) == a + k * PG)
+		k++;
+	return k;
+}
+
+/*
+ * Device page of dst[i] (a device pfn), looked up once: finalize reuses what
+ * uhmm_migrate_pages() found. Contiguous destinations need no table lookup.
+ */
+static struct uhmm_page *dst_page(const struct uhmm_migrate *m, struct mig_ctl *c,
+				  uint64_t i, const struct uhmm_page *prev)
+{
+	uint64_t pfn = uhmm_migrate_pfn_to_pfn(m->dst[i]);
+
+	if (!c->dstpage[i] || c->dstpfn[i] != pfn) {
+		c->dstpage[i] = uhmm_pfn_to_page_near(pfn, prev);
+		c->dstpfn[i] = pfn;
+		c->dsthost[i] = host_addr(c->dstpage[i]);
+	}
+	return c->dstpage[i];
+}
+
+/*
+ * UHMM_MIGRATE_DST_PREFILLED: can system sources move straight into their
+ * destinations? Each given dst[i] must be a device page to move into whose
+ * host memory is managed by this mm and empty (a move into a present page
+ * fails). Fills c->held; false (and no c->held) means: stage as usual.
+ */
+static bool direct_setup(struct uhmm_mm *mm, struct uhmm_migrate *m, struct mig_ctl *c,
+			 uint64_t n)
+{
+	const uint64_t want = UHMM_MIGRATE_PFN_VALID | UHMM_MIGRATE_PFN_DEVICE |
+			      UHMM_MIGRATE_PFN_MOVE;
+	struct uhmm_page *prev = NULL;
+	bool ok = true;
+
+	for (uint64_t i = 0; i < n && ok; i++) {
+		if (!m->dst[i])
+			continue;
+		ok = (m->dst[i] & want) == want && (prev = dst_page(m, c, i, prev)) &&
+		     (c->held[i] = c->dsthost[i]);
+	}
+	/* run by run (contiguous host memory): managed here, and empty */
+	for (uint64_t i = 0, j; i < n && ok; i = j) {
+		uint64_t a = stage_at(c, i), k = stage_run(c, i, n);
+		unsigned char vec[512];
+		struct mm_vma *v;
+
+		j = i + UHMM_MAX(k, 1);
+		if (!k)
+			continue;
+		mm_lock(mm);
+		v = uhmm_vma_find(mm, a);
+		ok = v && v->allocated && v->end >= a + k * PG;
+		mm_unlock(mm);
+		if (ok && mincore((void *)(uintptr_t)a, k * PG, vec) == 0)
+			for (uint64_t q = 0; q < k && ok; q++)
+				ok = !(vec[q] & 1);
+		else
+			ok = false;
+	}
+	if (!ok)
+		c->held = NULL;
+	return ok;
 }
 
 /*
@@ -241,9 +333,14 @@ static bool let_go_if_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t a)
 static uint64_t ours_prefix(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i, uint64_t j)
 {
 	struct mm_vma *v = NULL;
-	uint64_t k = i;
+	uint64_t *pe = ours_ent(mm, c, VA(c->m, i), &v), k = i, want;
 
-	while (k < j && ours_ent(mm, c, VA(c->m, k), &v))
+	if (!pe)
+		return 0;
+	/* the rest of the run inside the same range: walk its table */
+	j = UHMM_MIN(j, i + (v->end - VA(c->m, i)) / PG);
+	want = *pe;
+	while (k < j && pe[k - i] == want)
 		k++;
 	return k - i;
 }
@@ -280,8 +377,7 @@ static bool retry_unshared(struct uhmm_mm *mm, struct mig_ctl *c,
 	if (pe && !*pe && !uhmm_mm_dropping_locked(mm, a) &&
 	    !uhmm_mm_zap_pending_locked(mm, a)) {
 		uhmm_ent_set(mm, v, a, ENT_MAKE(c, ENT_MIGRATING, 0));
-		ok = uhmm_uffd_move(mm, (uint64_t)(uintptr_t)c->stage + i * PG, a, PG,
-				    &moved) == 0 && moved == PG;
+		ok = uhmm_uffd_move(mm, stage_at(c, i), a, PG, &moved) == 0 && moved == PG;
 		if (!ok)
 			uhmm_ent_set(mm, v, a, 0);
 	}
@@ -301,7 +397,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 
 	if (!m || !m->mm || !m->src || !m->dst || m->start >= m->end ||
 	    !UHMM_IS_ALIGNED(m->start, PG) || !UHMM_IS_ALIGNED(m->end, PG) ||
-	    !m->flags || (m->flags & ~SELECT_ALL))
+	    !(m->flags & SELECT_ALL) || (m->flags & ~(SELECT_ALL | UHMM_MIGRATE_DST_PREFILLED)))
 		return -EINVAL;
 	mm = m->mm;
 	n = (m->end - m->start) / PG;
@@ -318,7 +414,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		if (err || vi.start > m->start || vi.end < m->end)
 			return -EINVAL;
 	}
-	c = ctl_alloc(n);
+	c = ctl_alloc(n, (m->flags & UHMM_MIGRATE_DST_PREFILLED) &&
+			 (m->flags & UHMM_MIGRATE_SELECT_SYSTEM));
 	if (!c)
 		return -ENOMEM;
 	c->m = m;
@@ -335,7 +432,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		if (v && v->kind == VMA_ANON && !uhmm_vma_ent(v, m->start, true))
 			err = -ENOMEM;
 		mm_unlock(mm);
-		if (!err && !(c->stage = stage_get(mm, n, &c->stage_pages)))
+		if (!err && !(c->held && direct_setup(mm, m, c, n)) &&
+		    !(c->stage = stage_get(mm, n, &c->stage_pages)))
 			err = -ENOMEM;
 		if (err) {
 			ctl_free(mm, c, n);
@@ -343,7 +441,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		}
 	}
 	memset(m->src, 0, n * sizeof(*m->src));
-	memset(m->dst, 0, n * sizeof(*m->dst));
+	if (!(m->flags & UHMM_MIGRATE_DST_PREFILLED))
+		memset(m->dst, 0, n * sizeof(*m->dst));
 	m->npages = n;
 	m->cpages = 0;
 	m->priv = c;
@@ -360,7 +459,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	}
 	/* UFFDIO_MOVE needs a writable private anonymous source. */
 	sys_ok = (m->flags & UHMM_MIGRATE_SELECT_SYSTEM) && v->kind == VMA_ANON &&
-		 c->write_ok && (mm->features & UHMM_FEAT_MOVE) && c->stage;
+		 c->write_ok && (mm->features & UHMM_FEAT_MOVE) && (c->stage || c->held);
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t *pe = uhmm_vma_ent(v, VA(m, i), false);
 		uint64_t e = pe ? *pe : 0;
@@ -376,7 +475,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 				    UHMM_MIGRATE_PFN_DEVICE |
 				    (e & ENT_WRITE ? UHMM_MIGRATE_PFN_WRITE : 0);
 			uhmm_ent_set(mm, v, VA(m, i), ENT_MAKE(c, ENT_MIGRATING, 0));
-		} else if (!e && sys_ok && !uhmm_mm_dropping_locked(mm, VA(m, i)) &&
+		} else if (!e && sys_ok && (!(m->flags & UHMM_MIGRATE_DST_PREFILLED) || m->dst[i]) &&
+			   !uhmm_mm_dropping_locked(mm, VA(m, i)) &&
 			   !uhmm_mm_zap_pending_locked(mm, VA(m, i))) {
 			if (!uhmm_vma_ent(v, VA(m, i), true))
 				continue;
@@ -401,6 +501,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		while (j < n && (m->src[j] & UHMM_MIGRATE_PFN_MIGRATE) &&
 		       !(m->src[j] & UHMM_MIGRATE_PFN_DEVICE))
 			j++;
+		j = i + UHMM_MAX(stage_run(c, i, j), 1);	/* one move: contiguous at both ends */
 		/*
 		 * Move only what is still ours, under mm->lock: a REMOVE applied
 		 * since the pages were taken clears their entries, and a CPU
@@ -414,9 +515,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			m->src[i++] = 0;	/* let go by a REMOVE or an unmap */
 			continue;
 		}
-		if (c->stage)
-			rc = uhmm_uffd_move(mm, (uint64_t)(uintptr_t)c->stage + i * PG,
-					    VA(m, i), (j - i) * PG, &moved);
+		if (stage_at(c, i))
+			rc = uhmm_uffd_move(mm, stage_at(c, i), VA(m, i), (j - i) * PG, &moved);
 		else
 			rc = -ENOMEM;
 		mm_unlock(mm);
@@ -439,24 +539,22 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		i = j;
 	}
 	uhmm_invalidate_end(mm);
-	/* Which sources hold data (the rest were holes: zero pages). */
-	for (uint64_t off = 0; c->stage && off < n; off += 512) {
+	/* Which sources hold data (the rest were holes: zero pages), by runs
+	 * of contiguous staging memory. */
+	for (uint64_t off = 0, k; off < n; off += UHMM_MAX(k, 1)) {
+		uint64_t a = stage_at(c, off), w = c->write_ok ? UHMM_MIGRATE_PFN_WRITE : 0;
 		unsigned char vec[512];
-		uint64_t k = UHMM_MIN(512, n - off);
 
-		if (mincore(c->stage + off * PG, k * PG, vec))
+		k = stage_run(c, off, n);
+		if (k && mincore((void *)(uintptr_t)a, k * PG, vec))
 			memset(vec, 1, k);	/* cannot tell: none is a hole */
 		for (uint64_t i = off; i < off + k; i++)
-			if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
-			    !(m->src[i] & UHMM_MIGRATE_PFN_DEVICE) && (vec[i - off] & 1))
-				m->src[i] |= UHMM_MIGRATE_PFN_VALID;
+			if ((m->src[i] & (UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_DEVICE)) ==
+			    UHMM_MIGRATE_PFN_MIGRATE)
+				m->src[i] |= w | (vec[i - off] & 1 ? UHMM_MIGRATE_PFN_VALID : 0);
 	}
-	for (uint64_t i = 0; i < n; i++) {
-		if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) && c->write_ok &&
-		    !(m->src[i] & UHMM_MIGRATE_PFN_DEVICE))
-			m->src[i] |= UHMM_MIGRATE_PFN_WRITE;
+	for (uint64_t i = 0; i < n; i++)
 		m->cpages += !!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE);
-	}
 	return 0;
 }
 
@@ -464,11 +562,11 @@ void *uhmm_migrate_src_buf(const struct uhmm_migrate *m, uint64_t i)
 {
 	const struct mig_ctl *c = m ? m->priv : NULL;
 
-	if (!c || i >= m->npages || !c->stage ||
+	if (!c || i >= m->npages ||
 	    (m->src[i] & (UHMM_MIGRATE_PFN_VALID | UHMM_MIGRATE_PFN_DEVICE)) !=
 		    UHMM_MIGRATE_PFN_VALID)
 		return NULL;
-	return c->stage + i * PG;
+	return (void *)(uintptr_t)stage_at(c, i);
 }
 
 void *uhmm_migrate_dst_buf(const struct uhmm_migrate *m, uint64_t i)
@@ -480,20 +578,6 @@ void *uhmm_migrate_dst_buf(const struct uhmm_migrate *m, uint64_t i)
 	if (!c->dstbuf)		/* only drivers that copy themselves need it */
 		c->dstbuf = dstbuf_get(m->mm, m->npages, &c->dstbuf_pages);
 	return c->dstbuf ? c->dstbuf + i * PG : NULL;
-}
-
-/*
- * Device page of dst[i] (a device pfn), looked up once: finalize reuses what
- * uhmm_migrate_pages() found. Contiguous destinations need no table lookup.
- */
-static struct uhmm_page *dst_page(const struct uhmm_migrate *m, struct mig_ctl *c,
-				  uint64_t i, const struct uhmm_page *prev)
-{
-	uint64_t pfn = uhmm_migrate_pfn_to_pfn(m->dst[i]);
-
-	if (!c->dstpage[i] || uhmm_page_to_pfn(c->dstpage[i]) != pfn)
-		c->dstpage[i] = uhmm_pfn_to_page_near(pfn, prev);
-	return c->dstpage[i];
 }
 
 int uhmm_migrate_pages(struct uhmm_migrate *m)
@@ -526,11 +610,6 @@ int uhmm_migrate_pages(struct uhmm_migrate *m)
 	return ret;
 }
 
-static uint64_t host_addr(struct uhmm_page *pg)
-{
-	return pg ? (uint64_t)(uintptr_t)uhmm_page_to_virt(pg) : 0;
-}
-
 /*
  * Where page i's data goes (*to) and comes from (*from) when the driver asked
  * uhmm to move it; 0 if it did not. A zero-filled system source has *from 0.
@@ -547,10 +626,8 @@ static bool move_wanted(const struct uhmm_migrate *m, const struct mig_ctl *c,
 		*to = VA(m, i);
 		*from = host_addr(c->devpage[i]);
 	} else {
-		*to = host_addr(c->dstpage[i]);
-		*from = (s & UHMM_MIGRATE_PFN_VALID) && c->stage
-				? (uint64_t)(uintptr_t)c->stage + i * PG
-				: 0;
+		*to = c->dsthost[i];
+		*from = s & UHMM_MIGRATE_PFN_VALID ? stage_at(c, i) : 0;
 	}
 	return true;
 }
@@ -711,6 +788,12 @@ static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 			i++;
 			continue;
 		}
+		if (from && from == to) {	/* moved in by setup (direct) */
+			c->placed[i] = true;
+			pm_page_set_present(c->dstpage[i], true);
+			i++;
+			continue;
+		}
 		if (!from) {	/* never-touched source: a zero page */
 			c->placed[i] = place_one(mm, to, 0, false) == 0;
 			i++;
@@ -834,13 +917,13 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 			continue;
 		}
 		/* system page that stays: give it back to the process */
-		if ((s & UHMM_MIGRATE_PFN_VALID) && c->stage) {
-			uint64_t moved;
-			int rc = uhmm_uffd_move(mm, VA(m, i),
-						(uint64_t)(uintptr_t)c->stage + i * PG, PG, &moved);
+		if ((s & UHMM_MIGRATE_PFN_VALID) && stage_at(c, i)) {
+			uint64_t moved, from = stage_at(c, i);
+			int rc = uhmm_uffd_move(mm, VA(m, i), from, PG, &moved);
 
 			if (rc && rc != -EAGAIN)
-				rc = uhmm_uffd_copy(mm, VA(m, i), c->stage + i * PG, PG, false);
+				rc = uhmm_uffd_copy(mm, VA(m, i), (void *)(uintptr_t)from, PG,
+						    false);
 			if (rc == -EAGAIN)
 				goto again;
 		}

@@ -142,34 +142,11 @@ struct mm_vma *uhmm_vma_find(struct uhmm_mm *mm, uint64_t addr)
 	return NULL;
 }
 
-uint64_t *uhmm_vma_ent(struct mm_vma *v, uint64_t addr, bool alloc)
+bool uhmm_vma_ents_alloc(struct mm_vma *v)
 {
-	if (!v->ents) {
-		if (!alloc)
-			return NULL;
-		v->ents = calloc((v->end - v->start) >> UHMM_PAGE_SHIFT,
-				 sizeof(uint64_t));
-		if (!v->ents)
-			return NULL;
-	}
-	return &v->ents[(addr - v->start) >> UHMM_PAGE_SHIFT];
-}
-
-void uhmm_ent_set(struct uhmm_mm *mm, struct mm_vma *v, uint64_t addr,
-		  uint64_t val)
-{
-	uint64_t *e = uhmm_vma_ent(v, addr, val != 0);
-
-	if (!e)
-		return;
-	if (!*e && val) {
-		v->nents++;
-		mm->nr_ents++;
-	} else if (*e && !val) {
-		v->nents--;
-		mm->nr_ents--;
-	}
-	*e = val;
+	v->ents = uhmm_calloc_huge((v->end - v->start) >> UHMM_PAGE_SHIFT,
+				   sizeof(uint64_t));
+	return v->ents != NULL;
 }
 
 static int vma_insert(struct uhmm_mm *mm, const struct mm_vma *nv)
@@ -207,7 +184,7 @@ static int vma_split(struct uhmm_mm *mm, uint64_t addr)
 	if (v->ents && v->nents) {
 		uint64_t n = (v->end - addr) >> UHMM_PAGE_SHIFT;
 
-		tail.ents = malloc(n * sizeof(uint64_t));
+		tail.ents = uhmm_calloc_huge(n, sizeof(uint64_t));
 		if (!tail.ents)
 			return -ENOMEM;
 		memcpy(tail.ents, v->ents + head_pages, n * sizeof(uint64_t));

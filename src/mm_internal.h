@@ -156,9 +156,40 @@ struct uhmm_mm {
 
 /* mm.c */
 UHMM_HIDDEN struct mm_vma *uhmm_vma_find(struct uhmm_mm *mm, uint64_t addr);
-UHMM_HIDDEN uint64_t *uhmm_vma_ent(struct mm_vma *v, uint64_t addr, bool alloc);
-UHMM_HIDDEN void uhmm_ent_set(struct uhmm_mm *mm, struct mm_vma *v,
-			      uint64_t addr, uint64_t val);
+UHMM_HIDDEN bool uhmm_vma_ents_alloc(struct mm_vma *v);
+
+/* The entry of @addr (inside @v); NULL if @v has no table and !@alloc (or
+ * it cannot be allocated). mm->lock held. */
+static inline uint64_t *uhmm_vma_ent(struct mm_vma *v, uint64_t addr, bool alloc)
+{
+	if (!v->ents && !(alloc && uhmm_vma_ents_alloc(v)))
+		return NULL;
+	return &v->ents[(addr - v->start) >> UHMM_PAGE_SHIFT];
+}
+
+/* Set entry *@pe of @v, keeping the counts of non-zero entries. */
+static inline void uhmm_ent_store(struct uhmm_mm *mm, struct mm_vma *v, uint64_t *pe,
+				  uint64_t val)
+{
+	if (!*pe && val) {
+		v->nents++;
+		mm->nr_ents++;
+	} else if (*pe && !val) {
+		v->nents--;
+		mm->nr_ents--;
+	}
+	*pe = val;
+}
+
+/* Set the entry of @addr (mm->lock held); allocates the table for a non-zero value. */
+static inline void uhmm_ent_set(struct uhmm_mm *mm, struct mm_vma *v, uint64_t addr,
+				uint64_t val)
+{
+	uint64_t *pe = uhmm_vma_ent(v, addr, val != 0);
+
+	if (pe)
+		uhmm_ent_store(mm, v, pe, val);
+}
 UHMM_HIDDEN int uhmm_mm_bring_back(struct uhmm_mm *mm, uint64_t start,
 				   uint64_t end);
 UHMM_HIDDEN int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr,

@@ -396,7 +396,7 @@ static int pm_priv_create(struct uhmm_pagemap *pgmap, uint64_t nr_pages,
 		priv->pages = (struct uhmm_page *)(priv->base +
 			pgmap->altmap.reserve * UHMM_PAGE_SIZE);
 	} else {
-		priv->pages = malloc(nr_pages * sizeof(*priv->pages));
+		priv->pages = uhmm_calloc_huge(nr_pages, sizeof(*priv->pages));
 	}
 	if (!priv->ranges || !priv->first || !priv->pages)
 		goto err_free;
@@ -694,6 +694,16 @@ struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn)
 	return page;
 }
 
+/* pfn of @page, one of @priv's */
+static inline uint64_t pm_pfn_of(const struct uhmm_pagemap_priv *priv,
+				 const struct uhmm_page *page)
+{
+	uint32_t r = page->run;
+
+	return (priv->ranges[r].start >> UHMM_PAGE_SHIFT) +
+	       (uint64_t)(page - priv->pages) - priv->first[r];
+}
+
 struct uhmm_page *uhmm_pfn_to_page_near(uint64_t pfn, const struct uhmm_page *prev)
 {
 	/* @prev's reference keeps its pagemap, and so its page array, alive */
@@ -701,7 +711,7 @@ struct uhmm_page *uhmm_pfn_to_page_near(uint64_t pfn, const struct uhmm_page *pr
 		struct uhmm_pagemap_priv *priv = pm_priv(prev->pgmap);
 		uint64_t k = (uint64_t)(prev - priv->pages) + 1;
 
-		if (k < priv->nr_pages && uhmm_page_to_pfn(&priv->pages[k]) == pfn)
+		if (k < priv->nr_pages && pm_pfn_of(priv, &priv->pages[k]) == pfn)
 			return &priv->pages[k];
 	}
 	return uhmm_pfn_to_page(pfn);
@@ -714,15 +724,9 @@ uint64_t uhmm_page_index(const struct uhmm_page *page)
 
 uint64_t uhmm_page_to_pfn(const struct uhmm_page *page)
 {
-	struct uhmm_pagemap_priv *priv;
-	uint32_t r;
-
 	if (!page || !page->pgmap)
 		return 0;
-	priv = pm_priv(page->pgmap);
-	r = page->run;
-	return (priv->ranges[r].start >> UHMM_PAGE_SHIFT) +
-	       (uint64_t)(page - priv->pages) - priv->first[r];
+	return pm_pfn_of(pm_priv(page->pgmap), page);
 }
 
 void *uhmm_page_to_virt(const struct uhmm_page *page)

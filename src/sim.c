@@ -677,12 +677,30 @@ static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 	unsigned long seq;
 	int err, done;
 
+	/*
+	 * Moving in: with a destination for every page up front, setup moves
+	 * the pages straight into device memory (one move, no staging).
+	 */
+	memset(pages, 0, n * sizeof(*pages));
+	if (!s->copy && uhmm_pagemap_alloc_pages(&s->pgmap, n, UHMM_ALLOC_CONTIG, pages) == 0) {
+		uint64_t pfn = uhmm_page_to_pfn(pages[0]);	/* a contiguous run */
+
+		m.flags |= UHMM_MIGRATE_DST_PREFILLED;
+		atomic_fetch_add(&s->dev_pages, n);
+		for (uint64_t i = 0; i < n; i++) {
+			pages[i]->zone_device_data = s;
+			dst[i] = uhmm_migrate_pfn(pfn + i) | UHMM_MIGRATE_PFN_MOVE;
+		}
+	}
 	seq = uhmm_interval_read_begin(&s->notifier);
 	err = uhmm_migrate_setup(&m);
-	if (err)
+	if (err) {
+		for (uint64_t i = 0; i < n; i++)
+			if (pages[i])
+				uhmm_page_put(pages[i]);
 		return err;
-	for (uint64_t i = 0; i < n; i++) {
-		pages[i] = NULL;
+	}
+	for (uint64_t i = 0; i < n && !(m.flags & UHMM_MIGRATE_DST_PREFILLED); i++) {
 		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
 		if (!batch_left && !batch_tried) {

@@ -93,6 +93,21 @@ static inline uint64_t uhmm_migrate_pfn_to_pfn(uint64_t e)
 #define UHMM_MIGRATE_SELECT_SYSTEM (1U << 0)
 #define UHMM_MIGRATE_SELECT_DEVICE_PRIVATE (1U << 1)	/* of pgmap_owner */
 #define UHMM_MIGRATE_SELECT_DEVICE_COHERENT (1U << 2)	/* of pgmap_owner */
+/*
+ * dst[] is filled before uhmm_migrate_setup(), which then leaves it as it
+ * is: for each page that may be collected from system memory, the device
+ * page to move it into (uhmm_migrate_pfn(pfn) | UHMM_MIGRATE_PFN_MOVE), or 0
+ * (that page is not collected). If every given page's host memory is
+ * managed by the same mm and empty, setup isolates each system page by
+ * moving it straight into its destination: one UFFDIO_MOVE instead of two,
+ * no staging area. Otherwise setup stages the pages as usual and finalize
+ * moves them. Either way uhmm_migrate_src_buf() gives the data, and the
+ * driver may still change or clear dst[i] before uhmm_migrate_pages().
+ * The driver must keep every page it named until finalize returns (a page
+ * that does not migrate goes back to the process from there), and puts
+ * the pages whose src[i] has no UHMM_MIGRATE_PFN_MIGRATE afterwards.
+ */
+#define UHMM_MIGRATE_DST_PREFILLED (1U << 8)
 
 /* Caller-owned; valid from setup until finalize returns. */
 struct uhmm_migrate {
@@ -103,7 +118,7 @@ struct uhmm_migrate {
 	uint64_t *dst;			/* same size; driver fills */
 	uint64_t npages;		/* out: pages in the range */
 	uint64_t cpages;		/* out: pages collected (src MIGRATE) */
-	unsigned int flags;		/* UHMM_MIGRATE_SELECT_* */
+	unsigned int flags;		/* UHMM_MIGRATE_SELECT_*, _DST_PREFILLED */
 	void *pgmap_owner;		/* owner of device pages to select */
 	struct uhmm_page *fault_page;	/* in migrate_to_ram: fault->page */
 	void *priv;			/* uhmm's */

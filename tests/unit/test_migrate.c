@@ -38,6 +38,7 @@ struct drv {
 	atomic_int to_ram_skip;		/* leave dst empty in migrate_to_ram */
 	atomic_int to_ram_fail;		/* as many next calls leave dst empty */
 	void (*to_ram_hook)(void);	/* run once by the next migrate_to_ram */
+	bool managed;			/* pool from uhmm_mm_alloc() of mm */
 };
 
 #define DRV(pgmap) ((struct drv *)(void *)(pgmap))
@@ -101,14 +102,19 @@ static const struct uhmm_pagemap_ops drv_ops = {
 	.migrate_to_ram = drv_migrate_to_ram,
 };
 
-static struct drv *drv_create(uint64_t npages)
+/* @managed: the pool is managed by mm (pages can move straight in). */
+static struct drv *drv_create_pool(uint64_t npages, bool managed)
 {
 	struct drv *d = calloc(1, sizeof(*d));
 	uint64_t start;
 
 	ck_assert_ptr_nonnull(d);
 	d->npages = npages;
-	d->pool = t_map_anon(npages * T_PAGE);
+	d->managed = managed;
+	if (managed)
+		ck_assert_int_eq(uhmm_mm_alloc(mm, npages * T_PAGE, 0, &d->pool), 0);
+	else
+		d->pool = t_map_anon(npages * T_PAGE);
 	ck_assert_int_eq(uhmm_request_free_region(NULL, npages * T_PAGE, 0, &start), 0);
 	d->range = (struct uhmm_dev_range){ start, start + npages * T_PAGE };
 	d->pgmap = (struct uhmm_pagemap){
@@ -119,6 +125,11 @@ static struct drv *drv_create(uint64_t npages)
 	return d;
 }
 
+static struct drv *drv_create(uint64_t npages)
+{
+	return drv_create_pool(npages, false);
+}
+
 static void drv_destroy(struct drv *d)
 {
 	if (!d)
@@ -126,7 +137,10 @@ static void drv_destroy(struct drv *d)
 	if (d->pgmap.priv)
 		uhmm_memunmap_pages(&d->pgmap);
 	uhmm_release_region(NULL, d->range.start);
-	munmap(d->pool, d->npages * T_PAGE);
+	if (d->managed)
+		uhmm_mm_free(mm, d->pool, d->npages * T_PAGE);
+	else
+		munmap(d->pool, d->npages * T_PAGE);
 	free(d);
 }
 
@@ -889,6 +903,196 @@ START_TEST(exclusive_then_unmap_and_close)
 }
 END_TEST
 
+/* ---------------------------------------------------------------------- */
+/* UHMM_MIGRATE_DST_PREFILLED                                               */
+
+/*
+ * A migration to @d with dst[] given before setup: pg[i] for every page
+ * (contiguous), dst[i] = 0 where bit i of @none is set. Returns setup's
+ * result; the caller goes on with pages/finalize.
+ */
+static int prefilled_setup(struct uhmm_migrate *m, struct drv *d, uint64_t *src,
+			   uint64_t *dst, struct uhmm_page **pg, uint64_t none, uint64_t dflags)
+{
+	ck_assert_int_eq(uhmm_pagemap_alloc_pages(&d->pgmap, NP, UHMM_ALLOC_CONTIG, pg), 0);
+	for (int i = 0; i < NP; i++)
+		dst[i] = none >> i & 1 ? 0 : uhmm_migrate_pfn(uhmm_page_to_pfn(pg[i])) | dflags;
+	*m = (struct uhmm_migrate){
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, NP), .src = src,
+		.dst = dst, .pgmap_owner = d,
+		.flags = UHMM_MIGRATE_SELECT_SYSTEM | UHMM_MIGRATE_DST_PREFILLED,
+	};
+	return uhmm_migrate_setup(m);
+}
+
+static void put_unmigrated(const uint64_t *src, struct uhmm_page **pg)
+{
+	for (int i = 0; i < NP; i++)
+		if (pg[i] && !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			uhmm_page_put(pg[i]);
+}
+
+/* The data of page i is device page @pg's (seed: t_fill_pattern's of mem). */
+static void dev_holds(struct uhmm_page *pg, int i, uint64_t seed)
+{
+	ck_assert_int_eq(t_check_pattern(uhmm_page_to_virt(pg), T_PAGE,
+					 seed + (uint64_t)i * T_PAGE / 8), -1);
+}
+
+/*
+ * With a pool managed by the same mm, setup moves each page straight into
+ * its destination: the source buffer is the device page itself. Pages
+ * without a destination are not collected; holes migrate as zeros; dst[]
+ * is left as given; the CPU gets the data back on a fault.
+ */
+START_TEST(prefilled_moves_pages_straight_in)
+{
+	struct drv *d = drv_create_pool(NP, true);
+	uint64_t src[NP], dst[NP], given[NP];
+	struct uhmm_page *pg[NP];
+	struct uhmm_migrate m;
+
+	t_fill_pattern(mem, LEN, 31);
+	ck_assert_int_eq(madvise(mem + 3 * T_PAGE, T_PAGE, MADV_DONTNEED), 0);	/* a hole */
+	ck_assert_int_eq(prefilled_setup(&m, d, src, dst, pg, 1U << 5, UHMM_MIGRATE_PFN_MOVE), 0);
+	memcpy(given, dst, sizeof(given));
+	ck_assert_uint_eq(m.cpages, NP - 1);
+	ck_assert_uint_eq(src[5], 0);
+	ck_assert_uint_eq(src[3] & UHMM_MIGRATE_PFN_VALID, 0);
+	ck_assert_ptr_null(uhmm_migrate_src_buf(&m, 3));
+	for (int i = 0; i < NP; i++) {
+		if (i == 3 || i == 5)
+			continue;
+		ck_assert_uint_eq(src[i], UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_VALID |
+					  UHMM_MIGRATE_PFN_WRITE);
+		ck_assert_ptr_eq(uhmm_migrate_src_buf(&m, (uint64_t)i), uhmm_page_to_virt(pg[i]));
+		dev_holds(pg[i], i, 31);
+	}
+	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
+	ck_assert_mem_eq(dst, given, sizeof(given));
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), NP - 1);
+	ck_assert_int_eq(t_first_nonzero(uhmm_page_to_virt(pg[3]), T_PAGE), -1);
+	dev_holds(pg[7], 7, 31);
+	put_unmigrated(src, pg);
+	ck_assert_int_eq(atomic_load(&d->to_ram), 0);
+	/* page 5 stayed: no fault; the others come back with their data */
+	ck_assert_int_eq(t_check_pattern(mem + 5 * T_PAGE, T_PAGE, 31 + 5 * T_PAGE / 8), -1);
+	ck_assert_int_eq(atomic_load(&d->to_ram), 0);
+	ck_assert_int_eq(t_first_nonzero(mem + 3 * T_PAGE, T_PAGE), -1);
+	ck_assert_int_eq(t_check_pattern(mem + 9 * T_PAGE, T_PAGE, 31 + 9 * T_PAGE / 8), -1);
+	ck_assert_int_ge(atomic_load(&d->to_ram), 2);
+	ck_assert_int_eq(uhmm_migrate_device_range(&d->pgmap, first_pfn(d), NP), NP - 3);
+	ck_assert_int_eq(t_check_pattern(mem, 3 * T_PAGE, 31), -1);
+	ck_assert_int_eq(t_check_pattern(mem + 6 * T_PAGE, 3 * T_PAGE, 31 + 6 * T_PAGE / 8), -1);
+	drv_destroy(d);
+}
+END_TEST
+
+/*
+ * The driver may still change its mind after setup: a page whose dst is
+ * cleared goes back to the process from the device page it was moved into;
+ * a page given another destination moves there.
+ */
+START_TEST(prefilled_dst_changed_after_setup)
+{
+	struct drv *d = drv_create_pool(2 * NP, true);
+	uint64_t src[NP], dst[NP];
+	struct uhmm_page *pg[NP], *other;
+	struct uhmm_migrate m;
+
+	t_fill_pattern(mem, LEN, 41);
+	ck_assert_int_eq(prefilled_setup(&m, d, src, dst, pg, 0, UHMM_MIGRATE_PFN_MOVE), 0);
+	ck_assert_uint_eq(m.cpages, NP);
+	ck_assert_int_eq(uhmm_pagemap_alloc_pages(&d->pgmap, 1, 0, &other), 0);
+	dst[2] = 0;
+	dst[4] = uhmm_migrate_pfn(uhmm_page_to_pfn(other)) | UHMM_MIGRATE_PFN_MOVE;
+	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
+	ck_assert_uint_eq(src[2] & UHMM_MIGRATE_PFN_MIGRATE, 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), NP - 1);
+	dev_holds(other, 4, 41);
+	uhmm_page_put(pg[4]);		/* named, but not used */
+	pg[4] = NULL;
+	put_unmigrated(src, pg);
+	ck_assert_int_eq(t_check_pattern(mem + 2 * T_PAGE, T_PAGE, 41 + 2 * T_PAGE / 8), -1);
+	ck_assert_int_eq(atomic_load(&d->to_ram), 0);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 41), -1);
+	ck_assert_int_eq(atomic_load(&d->to_ram), NP - 1);
+	drv_destroy(d);
+}
+END_TEST
+
+/*
+ * Where a move straight in cannot work, setup stages the pages as usual and
+ * finalize places them: a destination whose memory already holds data, a
+ * pool not managed by the mm, or a dst[] without UHMM_MIGRATE_PFN_MOVE
+ * (the driver copies from the source buffer itself).
+ */
+START_TEST(prefilled_falls_back_to_staging)
+{
+	struct drv *dm = drv_create_pool(NP, true), *du = drv_create_pool(NP, false);
+	struct drv *cases[3] = { dm, du, dm };
+	uint64_t src[NP], dst[NP];
+	struct uhmm_page *pg[NP];
+	struct uhmm_migrate m;
+
+	for (int k = 0; k < 3; k++) {
+		struct drv *d = cases[k];
+		uint64_t seed = 51 + (uint64_t)k;
+
+		t_fill_pattern(mem, LEN, seed);
+		if (k == 0) {	/* page 6's destination holds data */
+			ck_assert_int_eq(uhmm_pagemap_alloc_pages(&d->pgmap, NP,
+								  UHMM_ALLOC_CONTIG, pg), 0);
+			memset(uhmm_page_to_virt(pg[6]), 0x77, T_PAGE);
+			for (int i = 0; i < NP; i++)
+				uhmm_page_put(pg[i]);
+		}
+		ck_assert_int_eq(prefilled_setup(&m, d, src, dst, pg, 0,
+						 k == 2 ? 0 : UHMM_MIGRATE_PFN_MOVE), 0);
+		ck_assert_uint_eq(m.cpages, NP);
+		for (int i = 0; i < NP; i++) {
+			void *from = uhmm_migrate_src_buf(&m, (uint64_t)i);
+
+			ck_assert_ptr_nonnull(from);
+			ck_assert_ptr_ne(from, uhmm_page_to_virt(pg[i]));
+			if (k == 2)
+				memcpy(uhmm_page_to_virt(pg[i]), from, T_PAGE);
+		}
+		ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
+		ck_assert_int_eq(uhmm_migrate_finalize(&m), NP);
+		for (int i = 0; i < NP; i++)
+			dev_holds(pg[i], i, seed);
+		ck_assert_int_eq(t_check_pattern(mem, LEN, seed), -1);
+		ck_assert_int_eq(atomic_load(&d->to_ram), (k == 2 ? 2 : 1) * NP);
+	}
+	drv_destroy(du);
+	drv_destroy(dm);
+}
+END_TEST
+
+/* The flag alone selects nothing: -EINVAL, like no flags. */
+START_TEST(prefilled_bad_args_einval)
+{
+	uint64_t src[NP], dst[NP] = { 0 };
+	struct uhmm_migrate m = {
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, NP), .src = src,
+		.dst = dst, .flags = UHMM_MIGRATE_DST_PREFILLED, .pgmap_owner = drv,
+	};
+
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	m.flags = UHMM_MIGRATE_SELECT_SYSTEM | UHMM_MIGRATE_DST_PREFILLED | (1U << 9);
+	ck_assert_int_eq(uhmm_migrate_setup(&m), -EINVAL);
+	/* no destination at all: nothing is collected, nothing changes */
+	m.flags = UHMM_MIGRATE_SELECT_SYSTEM | UHMM_MIGRATE_DST_PREFILLED;
+	t_fill_pattern(mem, LEN, 61);
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_uint_eq(m.cpages, 0);
+	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 61), -1);
+}
+END_TEST
+
 int main(void)
 {
 	TCase *tsetup = T_TCASE("migrate_setup", setup, teardown, setup_bad_args_einval,
@@ -915,6 +1119,10 @@ int main(void)
 			       exclusive_device_changes_visible, exclusive_errors,
 			       exclusive_then_unmap_and_close);
 
+	TCase *tpre = T_TCASE("migrate_dst_prefilled", setup, teardown,
+			      prefilled_moves_pages_straight_in, prefilled_dst_changed_after_setup,
+			      prefilled_falls_back_to_staging, prefilled_bad_args_einval);
+
 	return t_run_suite("migrate", tsetup, tbufs, tpages, tfin, trange, tunmap, tfork,
-			   texcl, NULL);
+			   texcl, tpre, NULL);
 }
