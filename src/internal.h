@@ -7,6 +7,7 @@
 #define UHMM_INTERNAL_H
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -80,6 +81,21 @@ UHMM_HIDDEN bool uhmm_warn_once(bool cond, bool *done, const char *file,
  * Freed with free().
  */
 UHMM_HIDDEN void *uhmm_calloc_huge(size_t n, size_t size);
+
+/*
+ * One idle scratch block kept for reuse, lock-free (a migration's control
+ * block, the sim's per-migration arrays). Large blocks come from mmap, so
+ * a malloc/free per migration pays page faults and page clearing each time.
+ * uhmm_block_get() takes the idle block if it holds @size bytes (zeroed if
+ * @zero), else allocates; uhmm_block_put() keeps the larger of the idle
+ * block and @p and frees the other. @bc NULL: plain allocation.
+ */
+struct uhmm_block_cache {
+	_Atomic(void *) idle;
+};
+UHMM_HIDDEN void *uhmm_block_get(struct uhmm_block_cache *bc, size_t size, bool zero);
+UHMM_HIDDEN void uhmm_block_put(struct uhmm_block_cache *bc, void *p);
+UHMM_HIDDEN void uhmm_block_cache_fini(struct uhmm_block_cache *bc);
 
 /* Logs once per call site and evaluates to cond. Never replaces an argument check. */
 #define UHMM_WARN_ON(cond)                                                   \

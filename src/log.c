@@ -3,9 +3,6 @@
  * API in include/uhmm/common.h. */
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
 #include "internal.h"
 
 static _Atomic(uhmm_log_fn) log_fn;
@@ -37,20 +34,4 @@ bool uhmm_warn_once(bool cond, bool *done, const char *file, int line,
 	if (cond && !__atomic_exchange_n(done, true, __ATOMIC_RELAXED))
 		uhmm_log(UHMM_LOG_WARN, "WARN_ON(%s) at %s:%d", expr, file, line);
 	return cond;
-}
-
-void *uhmm_calloc_huge(size_t n, size_t size)
-{
-	const size_t huge = 2UL << 20;
-	size_t bytes;
-	void *p;
-
-	if (__builtin_mul_overflow(n, size, &bytes) || bytes > SIZE_MAX - huge)
-		return NULL;
-	if (bytes < huge)
-		return calloc(n, size);
-	if (posix_memalign(&p, huge, UHMM_ALIGN_UP(bytes, huge)))
-		return NULL;
-	madvise(p, UHMM_ALIGN_UP(bytes, huge), MADV_HUGEPAGE);	/* a hint */
-	return memset(p, 0, bytes);
 }

@@ -23,6 +23,9 @@ struct mig_ctl {
 	struct uhmm_page **put;		/* references finalize drops (2n) */
 	bool *placed;			/* data already where it belongs */
 	bool write_ok;			/* vma writable */
+	/* the last device pfn run looked up: pfns [run_pfn, run_pfn + run_left) */
+	uint64_t run_pfn, run_left, run_host;
+	struct uhmm_page *run_page;
 } __attribute__((aligned(8)));
 
 #define PG UHMM_PAGE_SIZE
@@ -165,6 +168,7 @@ void uhmm_migrate_mm_fini(struct uhmm_mm *mm)
 		stage_drop(mm, p, mm->stage_cache_pages);
 	if (d)
 		munmap(d, mm->dst_cache_pages * PG);
+	uhmm_block_cache_fini(&mm->ctl_cache);
 }
 
 static void ctl_free(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t n)
@@ -173,12 +177,12 @@ static void ctl_free(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t n)
 		stage_put(mm, c->stage, c->stage_pages);
 	if (c->dstbuf)
 		dstbuf_put(mm, c->dstbuf, c->dstbuf_pages);
-	free(c);	/* the arrays are in the same block */
+	uhmm_block_put(mm ? &mm->ctl_cache : NULL, c);	/* the arrays are in the block */
 }
 
 /* Everything a migration needs, allocated up front: past setup nothing can
  * fail for want of memory (a lost reference or a page left behind). */
-static struct mig_ctl *ctl_alloc(uint64_t n, bool direct)
+static struct mig_ctl *ctl_alloc(struct uhmm_mm *mm, uint64_t n, bool direct)
 {
 	/* one block: devpage, dstpage, dstpfn, dsthost, put (2n), held, placed */
 	uint64_t words = 6 + direct;
@@ -187,7 +191,7 @@ static struct mig_ctl *ctl_alloc(uint64_t n, bool direct)
 
 	if (n > (SIZE_MAX - sizeof(*c)) / (words * 8 + 1))
 		return NULL;
-	c = calloc(1, sizeof(*c) + n * (words * 8 + 1));
+	c = uhmm_block_get(&mm->ctl_cache, sizeof(*c) + n * (words * 8 + 1), true);
 	if (!c)
 		return NULL;
 	a = (uint64_t *)(c + 1);
@@ -232,15 +236,23 @@ static uint64_t stage_run(const struct mig_ctl *c, uint64_t i, uint64_t j)
  * uhmm_migrate_pages() found. Contiguous destinations need no table lookup.
  */
 static struct uhmm_page *dst_page(const struct uhmm_migrate *m, struct mig_ctl *c,
-				  uint64_t i, const struct uhmm_page *prev)
+				  uint64_t i)
 {
-	uint64_t pfn = uhmm_migrate_pfn_to_pfn(m->dst[i]);
+	uint64_t pfn = uhmm_migrate_pfn_to_pfn(m->dst[i]), k;
 
-	if (!c->dstpage[i] || c->dstpfn[i] != pfn) {
-		c->dstpage[i] = uhmm_pfn_to_page_near(pfn, prev);
-		c->dstpfn[i] = pfn;
-		c->dsthost[i] = host_addr(c->dstpage[i]);
+	if (c->dstpage[i] && c->dstpfn[i] == pfn)
+		return c->dstpage[i];
+	k = pfn - c->run_pfn;
+	if (!c->run_page || pfn < c->run_pfn || k >= c->run_left) {
+		/* a new run (the driver holds its pages: they stay valid) */
+		c->run_page = uhmm_pfn_to_page_run(pfn, &c->run_left);
+		c->run_pfn = pfn;
+		c->run_host = host_addr(c->run_page);
+		k = 0;
 	}
+	c->dstpage[i] = c->run_page ? c->run_page + k : NULL;
+	c->dstpfn[i] = pfn;
+	c->dsthost[i] = c->dstpage[i] && c->run_host ? c->run_host + k * PG : 0;
 	return c->dstpage[i];
 }
 
@@ -255,13 +267,13 @@ static bool direct_setup(struct uhmm_mm *mm, struct uhmm_migrate *m, struct mig_
 {
 	const uint64_t want = UHMM_MIGRATE_PFN_VALID | UHMM_MIGRATE_PFN_DEVICE |
 			      UHMM_MIGRATE_PFN_MOVE;
-	struct uhmm_page *prev = NULL;
 	bool ok = true;
 
+	c->run_page = NULL;	/* runs are looked up again by each call */
 	for (uint64_t i = 0; i < n && ok; i++) {
 		if (!m->dst[i])
 			continue;
-		ok = (m->dst[i] & want) == want && (prev = dst_page(m, c, i, prev)) &&
+		ok = (m->dst[i] & want) == want && dst_page(m, c, i) &&
 		     (c->held[i] = c->dsthost[i]);
 	}
 	/* run by run (contiguous host memory): managed here, and empty */
@@ -374,8 +386,7 @@ static bool retry_unshared(struct uhmm_mm *mm, struct mig_ctl *c,
 	mm_lock(mm);
 	v = uhmm_vma_find(mm, a);
 	pe = v ? uhmm_vma_ent(v, a, true) : NULL;
-	if (pe && !*pe && !uhmm_mm_dropping_locked(mm, a) &&
-	    !uhmm_mm_zap_pending_locked(mm, a)) {
+	if (pe && !*pe && !uhmm_mm_drop_pending_locked(mm, a)) {
 		uhmm_ent_set(mm, v, a, ENT_MAKE(c, ENT_MIGRATING, 0));
 		ok = uhmm_uffd_move(mm, stage_at(c, i), a, PG, &moved) == 0 && moved == PG;
 		if (!ok)
@@ -414,7 +425,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		if (err || vi.start > m->start || vi.end < m->end)
 			return -EINVAL;
 	}
-	c = ctl_alloc(n, (m->flags & UHMM_MIGRATE_DST_PREFILLED) &&
+	c = ctl_alloc(mm, n, (m->flags & UHMM_MIGRATE_DST_PREFILLED) &&
 			 (m->flags & UHMM_MIGRATE_SELECT_SYSTEM));
 	if (!c)
 		return -ENOMEM;
@@ -476,8 +487,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 				    (e & ENT_WRITE ? UHMM_MIGRATE_PFN_WRITE : 0);
 			uhmm_ent_set(mm, v, VA(m, i), ENT_MAKE(c, ENT_MIGRATING, 0));
 		} else if (!e && sys_ok && (!(m->flags & UHMM_MIGRATE_DST_PREFILLED) || m->dst[i]) &&
-			   !uhmm_mm_dropping_locked(mm, VA(m, i)) &&
-			   !uhmm_mm_zap_pending_locked(mm, VA(m, i))) {
+			   !uhmm_mm_drop_pending_locked(mm, VA(m, i))) {
 			if (!uhmm_vma_ent(v, VA(m, i), true))
 				continue;
 			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
@@ -582,11 +592,11 @@ void *uhmm_migrate_dst_buf(const struct uhmm_migrate *m, uint64_t i)
 
 int uhmm_migrate_pages(struct uhmm_migrate *m)
 {
-	struct uhmm_page *prev = NULL;
 	int ret = 0;
 
 	if (!m || !m->priv)
 		return -EINVAL;
+	((struct mig_ctl *)m->priv)->run_page = NULL;
 	for (uint64_t i = 0; i < m->npages; i++) {
 		uint64_t d = m->dst[i];
 
@@ -597,7 +607,7 @@ int uhmm_migrate_pages(struct uhmm_migrate *m)
 			continue;
 		}
 		if ((d & UHMM_MIGRATE_PFN_DEVICE) &&
-		    (!(prev = dst_page(m, m->priv, i, prev)) ||
+		    (!dst_page(m, m->priv, i) ||
 		     (m->src[i] & UHMM_MIGRATE_PFN_DEVICE))) {
 			/* unknown page, or device to device (not supported) */
 			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
@@ -768,12 +778,12 @@ static uint64_t place_run(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i, uin
 static void transfer(struct uhmm_migrate *m, struct mig_ctl *c)
 {
 	struct uhmm_mm *mm = m->mm;
-	struct uhmm_page *prev = NULL;
 
+	c->run_page = NULL;
 	for (uint64_t i = 0; i < m->npages; i++)
 		if ((m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
 		    (m->dst[i] & UHMM_MIGRATE_PFN_DEVICE))
-			prev = dst_page(m, c, i, prev);
+			dst_page(m, c, i);
 
 	for (uint64_t i = 0; i < m->npages;) {
 		uint64_t to, from, j, t2, f2, again;
@@ -1061,8 +1071,7 @@ int uhmm_make_device_exclusive(struct uhmm_mm *mm, uint64_t start,
 		mm_lock(mm);
 		v = uhmm_vma_find(mm, a);
 		pe = v && v->kind == VMA_ANON ? uhmm_vma_ent(v, a, true) : NULL;
-		if (!pe || *pe || uhmm_mm_dropping_locked(mm, a) ||
-		    uhmm_mm_zap_pending_locked(mm, a)) {
+		if (!pe || *pe || uhmm_mm_drop_pending_locked(mm, a)) {
 			mm_unlock(mm);
 			uhmm_excl_free(x);
 			err = !pe ? -EINVAL : -EBUSY;

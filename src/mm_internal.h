@@ -145,6 +145,7 @@ struct uhmm_mm {
 	uint64_t stage_cache_pages;
 	void *dst_cache;		/* one idle uhmm_migrate_dst_buf area */
 	uint64_t dst_cache_pages;
+	struct uhmm_block_cache ctl_cache;	/* one idle migration control block */
 
 	_Atomic uint64_t st_faults, st_fills, st_filled_pages, st_device_faults,
 		st_events, st_invalidations;
@@ -205,6 +206,15 @@ UHMM_HIDDEN bool uhmm_mm_dropping_locked(struct uhmm_mm *mm, uint64_t addr);
 UHMM_HIDDEN void uhmm_mm_zap_note_locked(struct uhmm_mm *mm, uint64_t start, uint64_t end);
 /* page @addr is present and a noted zap may still drop it (mm->lock held) */
 UHMM_HIDDEN bool uhmm_mm_zap_pending_locked(struct uhmm_mm *mm, uint64_t addr);
+/*
+ * A DONTNEED may still drop page @addr (uhmm_madvise's in progress, or a
+ * plain one's zap pending): the page is not to be taken. mm->lock held.
+ */
+static inline bool uhmm_mm_drop_pending_locked(struct uhmm_mm *mm, uint64_t addr)
+{
+	return (mm->nr_suppress && uhmm_mm_dropping_locked(mm, addr)) ||
+	       (mm->nr_zap && uhmm_mm_zap_pending_locked(mm, addr));
+}
 UHMM_HIDDEN void uhmm_mm_apply_unmap(struct uhmm_mm *mm, uint64_t start,
 				     uint64_t end, bool clear_only);
 UHMM_HIDDEN void uhmm_mm_apply_remap(struct uhmm_mm *mm, uint64_t from,

@@ -694,27 +694,15 @@ struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn)
 	return page;
 }
 
-/* pfn of @page, one of @priv's */
-static inline uint64_t pm_pfn_of(const struct uhmm_pagemap_priv *priv,
-				 const struct uhmm_page *page)
+struct uhmm_page *uhmm_pfn_to_page_run(uint64_t pfn, uint64_t *left)
 {
-	uint32_t r = page->run;
+	unsigned tok = pm_read_lock();
+	const struct pm_ent *e = pm_find(atomic_load(&pm_published), pfn);
+	struct uhmm_page *page = e ? e->pages + (pfn - e->pfns.start) : NULL;
 
-	return (priv->ranges[r].start >> UHMM_PAGE_SHIFT) +
-	       (uint64_t)(page - priv->pages) - priv->first[r];
-}
-
-struct uhmm_page *uhmm_pfn_to_page_near(uint64_t pfn, const struct uhmm_page *prev)
-{
-	/* @prev's reference keeps its pagemap, and so its page array, alive */
-	if (prev && prev->pgmap) {
-		struct uhmm_pagemap_priv *priv = pm_priv(prev->pgmap);
-		uint64_t k = (uint64_t)(prev - priv->pages) + 1;
-
-		if (k < priv->nr_pages && pm_pfn_of(priv, &priv->pages[k]) == pfn)
-			return &priv->pages[k];
-	}
-	return uhmm_pfn_to_page(pfn);
+	*left = e ? e->pfns.end - pfn : 0;
+	pm_read_unlock(tok);
+	return page;
 }
 
 uint64_t uhmm_page_index(const struct uhmm_page *page)
@@ -724,9 +712,15 @@ uint64_t uhmm_page_index(const struct uhmm_page *page)
 
 uint64_t uhmm_page_to_pfn(const struct uhmm_page *page)
 {
+	struct uhmm_pagemap_priv *priv;
+	uint32_t r;
+
 	if (!page || !page->pgmap)
 		return 0;
-	return pm_pfn_of(pm_priv(page->pgmap), page);
+	priv = pm_priv(page->pgmap);
+	r = page->run;
+	return (priv->ranges[r].start >> UHMM_PAGE_SHIFT) +
+	       (uint64_t)(page - priv->pages) - priv->first[r];
 }
 
 void *uhmm_page_to_virt(const struct uhmm_page *page)

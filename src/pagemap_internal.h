@@ -35,11 +35,11 @@ UHMM_HIDDEN struct uhmm_page *uhmm_pagemap_page(struct uhmm_pagemap *pgmap,
 						uint64_t idx);
 
 /*
- * uhmm_pfn_to_page() for a pfn likely to follow @prev's (a referenced page
- * or NULL): no table lookup when it does. For loops over contiguous pfns.
+ * uhmm_pfn_to_page() that also tells how far the range goes: pfns
+ * [pfn, pfn + *left) are pages [page, page + *left), their host memory
+ * (if any) contiguous too. For loops over contiguous pfns.
  */
-UHMM_HIDDEN struct uhmm_page *uhmm_pfn_to_page_near(uint64_t pfn,
-						    const struct uhmm_page *prev);
+UHMM_HIDDEN struct uhmm_page *uhmm_pfn_to_page_run(uint64_t pfn, uint64_t *left);
 
 /* Inverse of uhmm_pagemap_page(): the page's index in its pagemap. */
 UHMM_HIDDEN uint64_t uhmm_page_index(const struct uhmm_page *page);

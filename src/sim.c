@@ -16,6 +16,10 @@
 #define PG UHMM_PAGE_SIZE
 #define PIECE 64		/* pages per range_fault / access piece */
 #define MIG_PIECE 512		/* pages per migration: amortizes the staging setup */
+/* pages per migration moved into the device (move path, no eviction
+ * policy): 16 MiB amortize a migration's fixed costs (range lookup, two
+ * mincore calls, the invalidation, the wake) to a few ns a page */
+#define MOVE_PIECE 4096
 #define BUSY_BUDGET_NS 1000000000ULL
 
 /* device page table entry kinds */
@@ -66,6 +70,7 @@ struct uhmm_sim {
 	bool copy;			/* copy pages instead of moving them */
 	struct uhmm_sim_counters cnt;
 	_Atomic uint64_t dev_pages;
+	struct uhmm_block_cache scratch;	/* sim_to_dev's arrays, reused */
 };
 
 static unsigned int pt_index(uint64_t vpn, unsigned int level)
@@ -379,6 +384,7 @@ void uhmm_sim_destroy(struct uhmm_sim *s)
 	uhmm_release_region(NULL, s->range.start);
 	uhmm_mm_unmanage(s->mm, s->pool, s->capacity * PG);
 	munmap(s->pool, s->capacity * PG);
+	uhmm_block_cache_fini(&s->scratch);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 }
@@ -665,17 +671,28 @@ static void dma_copy_in(const struct uhmm_migrate *m, struct uhmm_page *const *p
 
 static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 {
-	uint64_t n = (end - start) / PG, src[MIG_PIECE], dst[MIG_PIECE];
+	uint64_t n = (end - start) / PG, *src, *dst;
 	struct uhmm_migrate m = {
-		.mm = s->mm, .start = start, .end = end, .src = src, .dst = dst,
+		.mm = s->mm, .start = start, .end = end,
 		.flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = s,
 	};
-	struct uhmm_page *pages[MIG_PIECE], *batch[MIG_PIECE];
-	bool mapped[MIG_PIECE];
+	struct uhmm_page **pages, **batch;
+	bool *mapped;
 	uint64_t batch_left = 0, batch_next = 0;
 	bool batch_tried = false;
 	unsigned long seq;
 	int err, done;
+	/* one block: src, dst, pages, batch, mapped */
+	uint64_t *blk = n <= MOVE_PIECE ? uhmm_block_get(&s->scratch, n * (4 * 8 + 1), false)
+					 : NULL;
+
+	if (!blk)
+		return n <= MOVE_PIECE ? -ENOMEM : -EINVAL;
+	m.src = src = blk;
+	m.dst = dst = blk + n;
+	pages = (struct uhmm_page **)(blk + 2 * n);
+	batch = (struct uhmm_page **)(blk + 3 * n);
+	mapped = (bool *)(blk + 4 * n);
 
 	/*
 	 * Moving in: with a destination for every page up front, setup moves
@@ -698,6 +715,7 @@ static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 		for (uint64_t i = 0; i < n; i++)
 			if (pages[i])
 				uhmm_page_put(pages[i]);
+		uhmm_block_put(&s->scratch, blk);
 		return err;
 	}
 	for (uint64_t i = 0; i < n && !(m.flags & UHMM_MIGRATE_DST_PREFILLED); i++) {
@@ -749,6 +767,7 @@ static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
 	for (uint64_t i = 0; i < n; i++)
 		if (pages[i] && !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			uhmm_page_put(pages[i]);
+	uhmm_block_put(&s->scratch, blk);
 	return done;
 }
 
@@ -762,13 +781,16 @@ static int sim_to_sys_piece(struct uhmm_sim *s, uint64_t a, uint64_t b)
 static int for_pieces(struct uhmm_sim *s, uint64_t addr, uint64_t npages,
 		      piece_fn fn, bool to_dev)
 {
+	uint64_t piece = MIG_PIECE;
 	int total = 0;
 
 	if (!s || !npages || !addr || !UHMM_IS_ALIGNED(addr, PG) ||
 	    addr + npages * PG < addr)
 		return -EINVAL;
-	for (uint64_t off = 0; off < npages; off += MIG_PIECE) {
-		uint64_t n = UHMM_MIN(MIG_PIECE, npages - off);
+	if (to_dev && !s->copy && !s->evict)
+		piece = MOVE_PIECE;
+	for (uint64_t off = 0; off < npages; off += piece) {
+		uint64_t n = UHMM_MIN(piece, npages - off);
 		int r = fn(s, addr + off * PG, addr + (off + n) * PG);
 
 		if (r < 0)

@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: MIT
+/* util.c - memory helpers for uhmm's own tables and scratch blocks.
+ * Internal only: declared in src/internal.h. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include "internal.h"
+
+void *uhmm_calloc_huge(size_t n, size_t size)
+{
+	const size_t huge = 2UL << 20;
+	size_t bytes;
+	void *p;
+
+	if (__builtin_mul_overflow(n, size, &bytes) || bytes > SIZE_MAX - huge)
+		return NULL;
+	if (bytes < huge)
+		return calloc(n, size);
+	if (posix_memalign(&p, huge, UHMM_ALIGN_UP(bytes, huge)))
+		return NULL;
+	madvise(p, UHMM_ALIGN_UP(bytes, huge), MADV_HUGEPAGE);	/* a hint */
+	return memset(p, 0, bytes);
+}
+
+/* A block's size sits in front of it (16 bytes keep the alignment). */
+#define BLOCK_HDR 16
+
+void *uhmm_block_get(struct uhmm_block_cache *bc, size_t size, bool zero)
+{
+	void *p = bc ? atomic_exchange(&bc->idle, NULL) : NULL;
+	size_t *h;
+
+	if (p && *(size_t *)((char *)p - BLOCK_HDR) < size) {
+		uhmm_block_put(bc, p);		/* too small for this one */
+		p = NULL;
+	}
+	if (!p) {
+		if (size > SIZE_MAX - BLOCK_HDR || !(h = malloc(BLOCK_HDR + size)))
+			return NULL;
+		*h = size;
+		p = (char *)h + BLOCK_HDR;
+	}
+	return zero ? memset(p, 0, size) : p;
+}
+
+void uhmm_block_put(struct uhmm_block_cache *bc, void *p)
+{
+	void *old = NULL;
+
+	if (!p)
+		return;
+	/* keep the larger of the two blocks */
+	if (bc && !atomic_compare_exchange_strong(&bc->idle, &old, p)) {
+		if (*(size_t *)((char *)old - BLOCK_HDR) < *(size_t *)((char *)p - BLOCK_HDR) &&
+		    atomic_compare_exchange_strong(&bc->idle, &old, p))
+			p = old;
+	} else if (bc) {
+		return;
+	}
+	free((char *)p - BLOCK_HDR);
+}
+
+void uhmm_block_cache_fini(struct uhmm_block_cache *bc)
+{
+	void *p = atomic_exchange(&bc->idle, NULL);
+
+	if (p)
+		free((char *)p - BLOCK_HDR);
+}
