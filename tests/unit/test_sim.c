@@ -540,16 +540,28 @@ START_TEST(to_dev_readonly_skips)
 }
 END_TEST
 
-/* More than one piece (64 pages) migrates in one call. */
+/*
+ * A range of several migration pieces (the move path takes 4096 pages at a
+ * time) migrates in one call, a page already on the device in the middle
+ * of it; with too little device memory the pieces fill it and stop.
+ */
 START_TEST(to_dev_large_range)
 {
-	size_t n = 300, len = n * T_PAGE;
+	size_t n = 2 * 4096 + 300, len = n * T_PAGE;
 	uint8_t *p = map_managed(len);
+	struct uhmm_sim *small = mk_sim(UHMM_SIM_PRIVATE, 5000, 0);
 
 	t_fill_pattern(p, len, 49);
-	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, ADDR(p, 0), n), (int)n);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, ADDR(p, 5000), 1), 1);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, ADDR(p, 0), n), (int)n - 1);
+	ck_assert_uint_eq(counters(sim).dev_pages, n);
 	ck_assert_int_eq(uhmm_sim_migrate_to_sys(sim, ADDR(p, 0), n), (int)n);
+	ck_assert_uint_eq(counters(sim).dev_pages, 0);
 	ck_assert_int_eq(t_check_pattern(p, len, 49), -1);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(small, ADDR(p, 0), n), 5000);
+	ck_assert_uint_eq(counters(small).dev_pages, 5000);
+	ck_assert_int_eq(t_check_pattern(p, len, 49), -1);
+	uhmm_sim_destroy(small);
 	munmap(p, len);
 }
 END_TEST

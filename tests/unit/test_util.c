@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: MIT
+/* Unit tests for the internal memory helpers of src/util.c: large zeroed
+ * tables (uhmm_calloc_huge) and the one-block scratch cache that migrations
+ * and the sim reuse (uhmm_block_get/put). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <check.h>
+#include "internal.h"
+#include "t_util.h"
+
+#define HUGE_SZ (2UL << 20)
+
+/* Small tables come from calloc; 2 MiB and more are 2 MiB aligned; all zeroed. */
+START_TEST(calloc_huge_zeroed_and_aligned)
+{
+	size_t n[] = { 1, 4096, HUGE_SZ / 8, HUGE_SZ / 8 + 1, 3 * HUGE_SZ / 8 };
+
+	for (size_t k = 0; k < sizeof(n) / sizeof(n[0]); k++) {
+		uint64_t *p = uhmm_calloc_huge(n[k], 8);
+
+		ck_assert_ptr_nonnull(p);
+		if (n[k] * 8 >= HUGE_SZ)
+			ck_assert_uint_eq((uintptr_t)p % HUGE_SZ, 0);
+		ck_assert_int_eq(t_first_nonzero(p, n[k] * 8), -1);
+		memset(p, 0xab, n[k] * 8);	/* all of it is usable */
+		free(p);
+	}
+}
+END_TEST
+
+/* Sizes that overflow are refused, not truncated. */
+START_TEST(calloc_huge_overflow_is_null)
+{
+	ck_assert_ptr_null(uhmm_calloc_huge(SIZE_MAX / 2, 4));
+	ck_assert_ptr_null(uhmm_calloc_huge(1, SIZE_MAX - 100));
+}
+END_TEST
+
+/* A block put back is handed out again, zeroed when asked, if big enough. */
+START_TEST(block_reused_when_big_enough)
+{
+	struct uhmm_block_cache bc = { NULL };
+	uint8_t *a = uhmm_block_get(&bc, 1000, true), *b;
+
+	ck_assert_ptr_nonnull(a);
+	ck_assert_int_eq(t_first_nonzero(a, 1000), -1);
+	memset(a, 0x5a, 1000);
+	uhmm_block_put(&bc, a);
+	b = uhmm_block_get(&bc, 600, true);
+	ck_assert_ptr_eq(b, a);
+	ck_assert_int_eq(t_first_nonzero(b, 600), -1);
+	ck_assert_uint_eq(b[600], 0x5a);	/* only what was asked is cleared */
+	uhmm_block_put(&bc, b);
+	/* too small for 2000 bytes: a new block, and the idle one stays */
+	b = uhmm_block_get(&bc, 2000, false);
+	ck_assert_ptr_ne(b, a);
+	memset(b, 1, 2000);
+	ck_assert_ptr_eq(uhmm_block_get(&bc, 10, false), a);
+	uhmm_block_put(&bc, a);
+	uhmm_block_put(&bc, b);
+	/* the larger one is kept */
+	ck_assert_ptr_eq(uhmm_block_get(&bc, 1, false), b);
+	uhmm_block_put(&bc, b);
+	uhmm_block_cache_fini(&bc);
+	ck_assert_ptr_null(atomic_load(&bc.idle));
+}
+END_TEST
+
+/* No cache: plain allocation; NULL puts and an empty fini do nothing. */
+START_TEST(block_without_cache_and_edges)
+{
+	struct uhmm_block_cache bc = { NULL };
+	void *p = uhmm_block_get(NULL, 64, true);
+
+	ck_assert_ptr_nonnull(p);
+	uhmm_block_put(NULL, p);
+	uhmm_block_put(&bc, NULL);
+	ck_assert_ptr_null(atomic_load(&bc.idle));
+	ck_assert_ptr_null(uhmm_block_get(&bc, SIZE_MAX - 8, false));
+	uhmm_block_cache_fini(&bc);
+}
+END_TEST
+
+int main(void)
+{
+	TCase *tc = T_TCASE("calloc_huge", NULL, NULL, calloc_huge_zeroed_and_aligned,
+			    calloc_huge_overflow_is_null);
+	TCase *tb = T_TCASE("block_cache", NULL, NULL, block_reused_when_big_enough,
+			    block_without_cache_and_edges);
+
+	return t_run_suite("util", tc, tb, NULL);
+}
