@@ -235,14 +235,10 @@ static uint64_t stage_run(const struct mig_ctl *c, uint64_t i, uint64_t j)
  * Device page of dst[i] (a device pfn), looked up once: finalize reuses what
  * uhmm_migrate_pages() found. Contiguous destinations need no table lookup.
  */
-static struct uhmm_page *dst_page(const struct uhmm_migrate *m, struct mig_ctl *c,
-				  uint64_t i)
+static struct uhmm_page *dst_page_lookup(struct mig_ctl *c, uint64_t i, uint64_t pfn)
 {
-	uint64_t pfn = uhmm_migrate_pfn_to_pfn(m->dst[i]), k;
+	uint64_t k = pfn - c->run_pfn;
 
-	if (c->dstpage[i] && c->dstpfn[i] == pfn)
-		return c->dstpage[i];
-	k = pfn - c->run_pfn;
 	if (!c->run_page || pfn < c->run_pfn || k >= c->run_left) {
 		/* a new run (the driver holds its pages: they stay valid) */
 		c->run_page = uhmm_pfn_to_page_run(pfn, &c->run_left);
@@ -254,6 +250,17 @@ static struct uhmm_page *dst_page(const struct uhmm_migrate *m, struct mig_ctl *
 	c->dstpfn[i] = pfn;
 	c->dsthost[i] = c->dstpage[i] && c->run_host ? c->run_host + k * PG : 0;
 	return c->dstpage[i];
+}
+
+/* (inline: called for every page, three times in a migration to a device) */
+static inline __attribute__((always_inline)) struct uhmm_page *
+dst_page(const struct uhmm_migrate *m, struct mig_ctl *c, uint64_t i)
+{
+	uint64_t pfn = uhmm_migrate_pfn_to_pfn(m->dst[i]);
+
+	if (c->dstpage[i] && c->dstpfn[i] == pfn)
+		return c->dstpage[i];
+	return dst_page_lookup(c, i, pfn);
 }
 
 /*
@@ -305,8 +312,8 @@ static bool direct_setup(struct uhmm_mm *mm, struct uhmm_migrate *m, struct mig_
  * NULL (mm->lock held). *vp: the range of the previous call, or NULL; it is
  * looked up again when @a is outside it.
  */
-static uint64_t *ours_ent(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t a,
-			  struct mm_vma **vp)
+static inline __attribute__((always_inline)) uint64_t *
+ours_ent(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t a, struct mm_vma **vp)
 {
 	uint64_t *pe;
 
