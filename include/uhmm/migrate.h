@@ -31,6 +31,19 @@
  *	uhmm_migrate_pages(&m);
  *	uhmm_migrate_finalize(&m);
  *
+ * A driver whose device memory is host memory managed by the same mm can
+ * name its destinations first and have each page moved straight in:
+ *
+ *	uhmm_pagemap_alloc_pages(&dev->pgmap, n, UHMM_ALLOC_CONTIG, pg);
+ *	for (i = 0; i < n; i++)
+ *		dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pg[i])) |
+ *			 UHMM_MIGRATE_PFN_MOVE;
+ *	m.flags = UHMM_MIGRATE_SELECT_SYSTEM | UHMM_MIGRATE_DST_PREFILLED;
+ *	uhmm_migrate_setup(&m);		// moves the data into pg[i] (or stages it)
+ *	uhmm_migrate_pages(&m);
+ *	uhmm_migrate_finalize(&m);
+ *	// then put pg[i] where !(src[i] & UHMM_MIGRATE_PFN_MIGRATE)
+ *
  * System RAM -> device: the CPU page is moved out of the process with
  * UFFDIO_MOVE (no copy, no TLB storm); its data is at uhmm_migrate_src_buf()
  * until finalize. A later CPU access of any kind (including a syscall reading
