@@ -52,7 +52,7 @@ EXAMPLES  := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 # Threaded tests that also run under ThreadSanitizer.
 # (not test_inthread: UHMM_MM_INTHREAD serves faults inside a SIGBUS handler,
 # which ThreadSanitizer reports as signal-unsafe by design; ASan covers it)
-TSAN_TESTS ?= test_pagemap test_resource test_mirror test_migrate test_sim test_kmem test_errors test_errors_fi test_races
+TSAN_TESTS ?= test_pagemap test_resource test_mirror test_migrate test_sim test_kmem test_errors test_errors_fi test_races test_util
 
 .PHONY: all lib tests benches check check-asan check-tsan demo valgrind bench install \
         abi-check lint clean header-test deps

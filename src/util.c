@@ -25,12 +25,17 @@ void *uhmm_calloc_huge(size_t n, size_t size)
 /* A block's size sits in front of it (16 bytes keep the alignment). */
 #define BLOCK_HDR 16
 
+static size_t block_size(const void *p)
+{
+	return *(const size_t *)((const char *)p - BLOCK_HDR);
+}
+
 void *uhmm_block_get(struct uhmm_block_cache *bc, size_t size, bool zero)
 {
 	void *p = bc ? atomic_exchange(&bc->idle, NULL) : NULL;
 	size_t *h;
 
-	if (p && *(size_t *)((char *)p - BLOCK_HDR) < size) {
+	if (p && block_size(p) < size) {
 		uhmm_block_put(bc, p);		/* too small for this one */
 		p = NULL;
 	}
@@ -43,21 +48,33 @@ void *uhmm_block_get(struct uhmm_block_cache *bc, size_t size, bool zero)
 	return zero ? memset(p, 0, size) : p;
 }
 
+/*
+ * Only blocks this thread holds are looked at: @p before it is published,
+ * the one the exchange hands back after. (Reading the idle block's size
+ * without taking it could read a block another thread took and freed.)
+ */
 void uhmm_block_put(struct uhmm_block_cache *bc, void *p)
 {
-	void *old = NULL;
+	void *old;
+	size_t size;
 
 	if (!p)
 		return;
-	/* keep the larger of the two blocks */
-	if (bc && !atomic_compare_exchange_strong(&bc->idle, &old, p)) {
-		if (*(size_t *)((char *)old - BLOCK_HDR) < *(size_t *)((char *)p - BLOCK_HDR) &&
-		    atomic_compare_exchange_strong(&bc->idle, &old, p))
-			p = old;
-	} else if (bc) {
+	if (!bc) {
+		free((char *)p - BLOCK_HDR);
 		return;
 	}
-	free((char *)p - BLOCK_HDR);
+	size = block_size(p);
+	old = atomic_exchange(&bc->idle, p);
+	if (old && block_size(old) > size) {
+		void *expect = p;
+
+		/* keep the larger: put it back, unless p was taken meanwhile */
+		if (atomic_compare_exchange_strong(&bc->idle, &expect, old))
+			old = p;
+	}
+	if (old)
+		free((char *)old - BLOCK_HDR);
 }
 
 void uhmm_block_cache_fini(struct uhmm_block_cache *bc)

@@ -2,6 +2,7 @@
 /* Unit tests for the internal memory helpers of src/util.c: large zeroed
  * tables (uhmm_calloc_huge) and the one-block scratch cache that migrations
  * and the sim reuse (uhmm_block_get/put). */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,12 +83,50 @@ START_TEST(block_without_cache_and_edges)
 }
 END_TEST
 
+static struct uhmm_block_cache shared_bc;
+
+/* Takes and puts blocks of sizes that vary, writing each whole block. */
+static void *block_user(void *arg)
+{
+	uint64_t x = (uintptr_t)arg;
+
+	for (int i = 0; i < 20000; i++) {
+		size_t size = 64 + (size_t)(x % 4096);
+		uint8_t *p;
+
+		x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+		p = uhmm_block_get(&shared_bc, size, i & 1);
+		if (!p)
+			return (void *)1;
+		memset(p, (int)i, size);
+		uhmm_block_put(&shared_bc, p);
+	}
+	return NULL;
+}
+
+/* Threads sharing one cache never get the same block at once, and no block
+ * is used after it is freed (ASan and TSan run this too). */
+START_TEST(block_cache_shared_by_threads)
+{
+	pthread_t th[3];
+	void *rv;
+
+	for (uintptr_t k = 0; k < 3; k++)
+		ck_assert_int_eq(pthread_create(&th[k], NULL, block_user, (void *)(k + 1)), 0);
+	for (int k = 0; k < 3; k++) {
+		ck_assert_int_eq(pthread_join(th[k], &rv), 0);
+		ck_assert_ptr_null(rv);
+	}
+	uhmm_block_cache_fini(&shared_bc);
+}
+END_TEST
+
 int main(void)
 {
 	TCase *tc = T_TCASE("calloc_huge", NULL, NULL, calloc_huge_zeroed_and_aligned,
 			    calloc_huge_overflow_is_null);
 	TCase *tb = T_TCASE("block_cache", NULL, NULL, block_reused_when_big_enough,
-			    block_without_cache_and_edges);
+			    block_without_cache_and_edges, block_cache_shared_by_threads);
 
 	return t_run_suite("util", tc, tb, NULL);
 }
