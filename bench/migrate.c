@@ -175,14 +175,12 @@ static double bare_thread_ns(void)
 static char *map_aligned(size_t len, int thp, char **raw)
 {
 	size_t huge = 2UL << 20;
-
 	char *p;
 
 	*raw = mmap(NULL, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (*raw == MAP_FAILED)
 		return NULL;
 	p = (char *)(((uintptr_t)*raw + huge - 1) & ~(uintptr_t)(huge - 1));
-
 	if (thp)
 		madvise(p, len, MADV_HUGEPAGE);
 	return p;
@@ -280,9 +278,10 @@ static double uhmm_faultback_ns(int mode)
 
 /*
  * The kernel floor of the move path: 1 GiB moved by bare UFFDIO_MOVE in
- * 2 MiB batches (the sim's piece) between two areas registered with one
- * userfaultfd, in a single-threaded process with nothing to bookkeep. The
- * sim moves each page twice (process -> staging -> pool). GB/s, median.
+ * 2 MiB batches between two areas registered with one userfaultfd, in a
+ * single-threaded process with nothing to bookkeep (so no other CPU's TLB
+ * to flush). The sim moves each page once, 16 MiB per migration. GB/s,
+ * median.
  */
 static double floor_move(int thp)
 {

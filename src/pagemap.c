@@ -684,16 +684,6 @@ void uhmm_pagemap_set_evict_hook(uhmm_pagemap_evict_fn fn)
 /* ---------------------------------------------------------------------- */
 /* Lookups                                                                */
 
-struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn)
-{
-	unsigned tok = pm_read_lock();
-	const struct pm_ent *e = pm_find(atomic_load(&pm_published), pfn);
-	struct uhmm_page *page = e ? e->pages + (pfn - e->pfns.start) : NULL;
-
-	pm_read_unlock(tok);
-	return page;
-}
-
 struct uhmm_page *uhmm_pfn_to_page_run(uint64_t pfn, uint64_t *left)
 {
 	unsigned tok = pm_read_lock();
@@ -703,6 +693,13 @@ struct uhmm_page *uhmm_pfn_to_page_run(uint64_t pfn, uint64_t *left)
 	*left = e ? e->pfns.end - pfn : 0;
 	pm_read_unlock(tok);
 	return page;
+}
+
+struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn)
+{
+	uint64_t left;
+
+	return uhmm_pfn_to_page_run(pfn, &left);
 }
 
 uint64_t uhmm_page_index(const struct uhmm_page *page)

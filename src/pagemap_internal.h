@@ -104,8 +104,8 @@ UHMM_HIDDEN int uhmm_page_pool_alloc(struct uhmm_page_pool *pool, uint64_t n,
 #define UHMM_PAGE_HOST_PRESENT (1U << 1)
 
 /*
- * Not a locked read-modify-write (one costs a migration ~6 ns a page here):
- * a page's flags have one writer at a time. They change on allocation and
+ * Not a locked read-modify-write (in a profile of migrations the locked one
+ * took 59% of finalize's samples): a page's flags have one writer at a time. They change on allocation and
  * on the last put, and in between only here, by the one migration that
  * holds the page (through its CPU entry, or as its destination).
  */

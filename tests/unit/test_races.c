@@ -116,6 +116,40 @@ static void env_open(uint64_t npages)
 	env_pages = npages;
 }
 
+/* A child that only waits: every page of the parent is now shared with it,
+ * so moving one fails -EBUSY until the sharing is broken. */
+static pid_t fork_waiting_child(void)
+{
+	pid_t child;
+
+	fflush(NULL);
+	child = fork();
+	ck_assert_int_ge(child, 0);
+	if (child == 0) {
+		pause();
+		_exit(0);
+	}
+	return child;
+}
+
+/*
+ * Phase 1: @fn races migration A of the first @n pages of mem to the
+ * device; join it and end @child. Return: A's result.
+ */
+static int race_migration(void *(*fn)(void *), void *arg, uint64_t n, pid_t child)
+{
+	pthread_t th;
+	int ret;
+
+	atomic_store(&phase, 1);
+	ck_assert_int_eq(pthread_create(&th, NULL, fn, arg), 0);
+	ret = uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, n);
+	ck_assert_int_eq(pthread_join(th, NULL), 0);
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	return ret;
+}
+
 static void env_close(void)
 {
 	uhmm_sim_destroy(sim);
@@ -131,7 +165,6 @@ static void env_close(void)
 START_TEST(unshare_retry_leaves_another_migrations_page_alone)
 {
 	struct uhmm_sim_counters c;
-	pthread_t b;
 	pid_t child;
 	int ret_b = -1, ret_a;
 
@@ -139,13 +172,7 @@ START_TEST(unshare_retry_leaves_another_migrations_page_alone)
 	memset(mem, 0x5a, 4 * T_PAGE);
 	ck_assert_int_eq(uhmm_interval_notifier_insert(&watch, mm, (uintptr_t)mem, 4 * T_PAGE,
 						       &count_ops), 0);
-	fflush(NULL);
-	child = fork();		/* every page shared with the child: moves fail -EBUSY */
-	ck_assert_int_ge(child, 0);
-	if (child == 0) {
-		pause();
-		_exit(0);
-	}
+	child = fork_waiting_child();	/* every page shared: moves fail -EBUSY */
 	/*
 	 * Let the handler finish the fork's PROTECTION invalidation first: were
 	 * it still open when A starts, B's read_begin would wait for it while A
@@ -153,12 +180,7 @@ START_TEST(unshare_retry_leaves_another_migrations_page_alone)
 	 */
 	wait_invalidation(&watch, UHMM_EVENT_PROTECTION);
 	uhmm_interval_notifier_remove(&watch);
-	atomic_store(&phase, 1);
-	ck_assert_int_eq(pthread_create(&b, NULL, migrate_b, &ret_b), 0);
-	ret_a = uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 4);
-	ck_assert_int_eq(pthread_join(b, NULL), 0);
-	kill(child, SIGKILL);
-	waitpid(child, NULL, 0);
+	ret_a = race_migration(migrate_b, &ret_b, 4, child);
 	ck_assert_int_eq(atomic_load(&phase), 3);	/* the race was forced */
 	ck_assert_int_eq(ret_b, 1);
 	ck_assert_int_ge(ret_a, 0);
@@ -284,7 +306,6 @@ static void *dontneed_d(void *arg)
 START_TEST(unshare_retry_does_not_retake_a_page_a_raw_dontneed_may_zap)
 {
 	struct uhmm_sim_counters c;
-	pthread_t d;
 	pid_t child;
 	int ret_d = -1, ret_a;
 
@@ -292,20 +313,9 @@ START_TEST(unshare_retry_does_not_retake_a_page_a_raw_dontneed_may_zap)
 	memset(mem, 0x33, T_PAGE);
 	ck_assert_int_eq(uhmm_interval_notifier_insert(&watch, mm, (uintptr_t)mem, T_PAGE,
 						       &count_ops), 0);
-	fflush(NULL);
-	child = fork();		/* page 0 shared with the child: its move fails -EBUSY */
-	ck_assert_int_ge(child, 0);
-	if (child == 0) {
-		pause();
-		_exit(0);
-	}
+	child = fork_waiting_child();	/* page 0 shared: its move fails -EBUSY */
 	wait_invalidation(&watch, UHMM_EVENT_PROTECTION);	/* see the first test */
-	atomic_store(&phase, 1);
-	ck_assert_int_eq(pthread_create(&d, NULL, dontneed_d, &ret_d), 0);
-	ret_a = uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, 1);
-	ck_assert_int_eq(pthread_join(d, NULL), 0);
-	kill(child, SIGKILL);
-	waitpid(child, NULL, 0);
+	ret_a = race_migration(dontneed_d, &ret_d, 1, child);
 	uhmm_interval_notifier_remove(&watch);
 	ck_assert_int_eq(atomic_load(&phase), 3);	/* the race was forced */
 	ck_assert_int_eq(ret_d, 0);
