@@ -493,6 +493,9 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 				    UHMM_MIGRATE_PFN_DEVICE |
 				    (e & ENT_WRITE ? UHMM_MIGRATE_PFN_WRITE : 0);
 			uhmm_ent_set(mm, v, VA(m, i), ENT_MAKE(c, ENT_MIGRATING, 0));
+		} else if (ENT_STATE(e) == ENT_MIGRATING) {
+			if (uhmm_wake_defer.active && VA(m, i) == uhmm_wake_defer.fault_addr)
+				uhmm_wake_defer.fault_busy = true;
 		} else if (!e && sys_ok && (!(m->flags & UHMM_MIGRATE_DST_PREFILLED) || m->dst[i]) &&
 			   !uhmm_mm_drop_pending_locked(mm, VA(m, i))) {
 			if (!uhmm_vma_ent(v, VA(m, i), true))

@@ -447,12 +447,18 @@ int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr, bool write, int tid)
 	uhmm_page_get(f.page);
 	mm_unlock(mm);
 	prev = uhmm_wake_defer;
-	uhmm_wake_defer = (struct uhmm_wake_defer){ .active = true, .fault_page = f.page };
+	uhmm_wake_defer = (struct uhmm_wake_defer){ .active = true, .fault_page = f.page,
+						    .fault_addr = addr };
 	rc = f.page->pgmap->ops->migrate_to_ram(&f);
-	uhmm_page_put(f.page);
-	if (!rc && !uhmm_wake_defer.fault_done) {
-		/* The driver returned 0 but left the page on the device? Check
-		 * before waking: once woken, the page may legitimately go back. */
+	if (!rc && !uhmm_wake_defer.fault_done && !uhmm_wake_defer.fault_busy) {
+		/*
+		 * The driver returned 0 but left the page on the device? Check
+		 * before waking: once woken, the page may legitimately go back.
+		 * Our reference is still held: another migration that brought
+		 * the page back cannot have freed it and put it here again.
+		 * A page another migration held at setup is not the driver's
+		 * doing: the access simply faults again.
+		 */
 		mm_lock(mm);
 		v = uhmm_vma_find(mm, addr);
 		e = v && v->ents ? v->ents[(addr - v->start) >> UHMM_PAGE_SHIFT] : 0;
@@ -460,6 +466,7 @@ int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr, bool write, int tid)
 		if (ENT_STATE(e) == ENT_DEVICE && ENT_PTR(e) == f.page)
 			rc = -EFAULT;
 	}
+	uhmm_page_put(f.page);
 	w = uhmm_wake_defer;
 	uhmm_wake_defer = prev;
 	if (w.end > w.start)

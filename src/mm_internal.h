@@ -304,7 +304,9 @@ UHMM_HIDDEN void uhmm_migrate_mm_fini(struct uhmm_mm *mm);
 struct uhmm_wake_defer {
 	bool active;
 	bool fault_done;	/* finalize brought the faulting page back */
+	bool fault_busy;	/* setup found it in another migration */
 	struct uhmm_page *fault_page;
+	uint64_t fault_addr;
 	uint64_t start, end;
 };
 UHMM_HIDDEN extern __thread struct uhmm_wake_defer uhmm_wake_defer;

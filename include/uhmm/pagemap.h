@@ -152,7 +152,9 @@ struct uhmm_pagemap_ops {
 	 * at least fault->page back to system memory (uhmm_migrate_*() with
 	 * fault_page set). Must not munmap/mremap/madvise managed memory.
 	 * Return 0, or a negative errno: the faulting thread then gets SIGBUS.
-	 * Required for PRIVATE.
+	 * Returning 0 with fault->page still in place is a SIGBUS too, unless
+	 * the driver's setup found the page held by another migration: the
+	 * access then simply faults again. Required for PRIVATE.
 	 */
 	int (*migrate_to_ram)(struct uhmm_fault *fault);
 	/* cleanup - teardown: every reference is gone. Optional. */

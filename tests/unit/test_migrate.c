@@ -38,6 +38,7 @@ struct drv {
 	atomic_int to_ram_skip;		/* leave dst empty in migrate_to_ram */
 	atomic_int to_ram_fail;		/* as many next calls leave dst empty */
 	void (*to_ram_hook)(void);	/* run once by the next migrate_to_ram */
+	void (*to_ram_done_hook)(void);	/* run once after its finalize */
 	bool managed;			/* pool from uhmm_mm_alloc() of mm */
 };
 
@@ -94,6 +95,12 @@ static int drv_migrate_to_ram(struct uhmm_fault *f)
 		copy_page_back(&m);
 	uhmm_migrate_pages(&m);
 	err = uhmm_migrate_finalize(&m);
+	if (d->to_ram_done_hook) {
+		void (*hook)(void) = d->to_ram_done_hook;
+
+		d->to_ram_done_hook = NULL;
+		hook();
+	}
 	return err < 0 ? err : 0;
 }
 
@@ -657,6 +664,75 @@ START_TEST(finalize_to_ram_dst_empty_sigbus)
 }
 END_TEST
 
+/*
+ * Another migration holds the faulting page while migrate_to_ram runs (the
+ * driver's setup finds it busy), then gives it back to the device before the
+ * fault path looks: the driver did nothing wrong, so the access faults again
+ * and the second migrate_to_ram brings the page back (no SIGBUS).
+ */
+static pthread_t holder;
+static atomic_int holder_state;		/* 1: page held, 2: let it go */
+
+static void *hold_page0(void *arg)
+{
+	uint64_t src[1], dst[1];
+	struct uhmm_migrate m = {
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, 1), .src = src, .dst = dst,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE, .pgmap_owner = drv,
+	};
+
+	(void)arg;
+	if (uhmm_migrate_setup(&m) || !(src[0] & UHMM_MIGRATE_PFN_MIGRATE)) {
+		atomic_store(&holder_state, -1);
+		return NULL;
+	}
+	atomic_store(&holder_state, 1);
+	while (atomic_load(&holder_state) != 2)
+		usleep(100);
+	uhmm_migrate_pages(&m);		/* dst[0] == 0: the page stays */
+	uhmm_migrate_finalize(&m);
+	return NULL;
+}
+
+static void start_holder(void)
+{
+	ck_assert_int_eq(pthread_create(&holder, NULL, hold_page0, NULL), 0);
+	while (atomic_load(&holder_state) == 0)
+		usleep(100);
+}
+
+static void release_holder(void)
+{
+	if (atomic_load(&holder_state) == 1)
+		atomic_store(&holder_state, 2);
+	pthread_join(holder, NULL);
+}
+
+/* The faulting thread runs migrate_to_ram itself (in-thread mode): with a
+ * handler thread, the holder's finalize would wait for the fault's batch. */
+static void setup_inthread(void)
+{
+	UHMM_OPTS(mm_opts, o, .flags = UHMM_MM_INTHREAD);
+
+	ck_assert_int_eq(uhmm_mm_open(&mm, &o), 0);
+	mem = map_managed(LEN);
+	drv = drv_create(64);
+}
+
+START_TEST(finalize_to_ram_page_held_elsewhere_retries)
+{
+	t_fill_pattern(mem, T_PAGE, 19);
+	ck_assert_int_eq(drv_to_dev(drv, mem, 1, 0, NULL), 1);
+	atomic_store(&holder_state, 0);
+	drv->to_ram_hook = start_holder;
+	drv->to_ram_done_hook = release_holder;
+	ck_assert_int_eq(t_check_pattern(mem, T_PAGE, 19), -1);
+	ck_assert_int_eq(atomic_load(&holder_state), 2);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), 2);
+	ck_assert_int_eq(wait_frees(drv, 1), 1);
+}
+END_TEST
+
 /* ---------------------------------------------------------------------- */
 /* uhmm_migrate_device_range                                                */
 
@@ -1107,6 +1183,8 @@ int main(void)
 			      finalize_to_device_then_cpu_faults_back, finalize_partial_dst,
 			      finalize_device_to_system, finalize_cpu_write_after_migration,
 			      finalize_to_ram_dst_empty_sigbus);
+	TCase *tfin2 = T_TCASE("migrate_finalize_inthread", setup_inthread, teardown,
+			       finalize_to_ram_page_held_elsewhere_retries);
 	TCase *trange = T_TCASE("migrate_device_range", setup, teardown, device_range_evicts_all,
 				device_range_partial, device_range_retries_a_failing_page,
 				device_range_bad_args_einval);
@@ -1123,6 +1201,6 @@ int main(void)
 			      prefilled_moves_pages_straight_in, prefilled_dst_changed_after_setup,
 			      prefilled_falls_back_to_staging, prefilled_bad_args_einval);
 
-	return t_run_suite("migrate", tsetup, tbufs, tpages, tfin, trange, tunmap, tfork,
+	return t_run_suite("migrate", tsetup, tbufs, tpages, tfin, tfin2, trange, tunmap, tfork,
 			   texcl, tpre, NULL);
 }
