@@ -105,7 +105,9 @@ static void stage_put(struct uhmm_mm *mm, uint8_t *p, uint64_t pages)
 			return;
 		}
 		madvise(p, pages * PG, MADV_DONTNEED);
-		if (uhmm_uffd_register(mm, (uint64_t)(uintptr_t)p, pages * PG, true)) {
+		/* MISSING only: a move needs no more, and unregistering a WP
+		 * range rewrites every PTE (a third of the emptying's time) */
+		if (uhmm_uffd_register(mm, (uint64_t)(uintptr_t)p, pages * PG, false)) {
 			stage_drop(mm, p, pages);
 			return;
 		}

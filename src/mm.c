@@ -909,28 +909,18 @@ int uhmm_mm_unmanage(struct uhmm_mm *mm, void *addr, size_t len)
 
 int uhmm_mm_alloc(struct uhmm_mm *mm, size_t len, unsigned int flags, void **out)
 {
-	size_t align = flags & UHMM_ALLOC_HUGE ? 2UL << 20 : UHMM_PAGE_SIZE;
-	uint8_t *p, *a;
-	size_t maplen;
+	bool huge = flags & UHMM_ALLOC_HUGE;
+	uint8_t *a;
 	int err;
 
 	if (!mm || !out || !len || (flags & ~UHMM_ALLOC_HUGE) ||
 	    !UHMM_IS_ALIGNED((uint64_t)len, UHMM_PAGE_SIZE) || len > (1ULL << 46))
 		return -EINVAL;
-	maplen = len + align - UHMM_PAGE_SIZE;
 	if (uhmm_fi_fail(UHMM_FI_MMAP))
 		return -ENOMEM;
-	p = mmap(NULL, maplen, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p == MAP_FAILED)
+	a = uhmm_map_aligned(len, huge ? 2UL << 20 : UHMM_PAGE_SIZE, huge);
+	if (!a)
 		return -ENOMEM;
-	a = (uint8_t *)UHMM_ALIGN_UP((uintptr_t)p, align);
-	if (a > p)
-		munmap(p, (size_t)(a - p));
-	if (a + len < p + maplen)
-		munmap(a + len, (size_t)(p + maplen - (a + len)));
-	if (flags & UHMM_ALLOC_HUGE)
-		madvise(a, len, MADV_HUGEPAGE);
 	err = manage(mm, (uint64_t)(uintptr_t)a, (uint64_t)(uintptr_t)a + len, true);
 	if (err) {
 		munmap(a, len);

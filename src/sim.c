@@ -296,6 +296,13 @@ static const struct uhmm_pagemap_ops sim_pagemap_ops = {
 	.migrate_to_ram = sim_migrate_to_ram,
 };
 
+static void pool_free(struct uhmm_sim *s)
+{
+	if (!s->copy)
+		uhmm_mm_unmanage(s->mm, s->pool, s->capacity * PG);
+	munmap(s->pool, s->capacity * PG);
+}
+
 int uhmm_sim_create(struct uhmm_mm *mm, const struct uhmm_sim_opts *opts,
 		    struct uhmm_sim **out)
 {
@@ -327,8 +334,18 @@ int uhmm_sim_create(struct uhmm_mm *mm, const struct uhmm_sim_opts *opts,
 	s->capacity = cap;
 	s->evict = opts && opts->evict_when_full;
 	s->copy = opts && opts->copy_path;
-	/* managed by the same mm: UFFDIO_MOVE can put pages straight in */
-	err = uhmm_mm_alloc(mm, cap * PG, UHMM_ALLOC_HUGE, &s->pool);
+	/*
+	 * Moving in: managed by the same mm, so UFFDIO_MOVE can put pages
+	 * straight in. Copying in: plain memory, populated as THPs by the
+	 * first copy into it (a managed pool is filled 4 KiB at a time, and
+	 * the copy then writes through one TLB entry per page).
+	 */
+	if (s->copy) {
+		s->pool = uhmm_map_aligned(cap * PG, 2UL << 20, true);
+		err = s->pool ? 0 : -ENOMEM;
+	} else {
+		err = uhmm_mm_alloc(mm, cap * PG, UHMM_ALLOC_HUGE, &s->pool);
+	}
 	if (err)
 		goto err_free;
 	err = uhmm_request_free_region(NULL, cap * PG, 0, &start);
@@ -359,8 +376,7 @@ err_pgmap:
 err_region:
 	uhmm_release_region(NULL, start);
 err_pool:
-	uhmm_mm_unmanage(mm, s->pool, cap * PG);
-	munmap(s->pool, cap * PG);
+	pool_free(s);
 err_free:
 	pthread_mutex_destroy(&s->lock);
 	free(s);
@@ -382,8 +398,7 @@ void uhmm_sim_destroy(struct uhmm_sim *s)
 		free(l);
 	}
 	uhmm_release_region(NULL, s->range.start);
-	uhmm_mm_unmanage(s->mm, s->pool, s->capacity * PG);
-	munmap(s->pool, s->capacity * PG);
+	pool_free(s);
 	uhmm_block_cache_fini(&s->scratch);
 	pthread_mutex_destroy(&s->lock);
 	free(s);

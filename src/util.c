@@ -22,6 +22,27 @@ void *uhmm_calloc_huge(size_t n, size_t size)
 	return memset(p, 0, bytes);
 }
 
+void *uhmm_map_aligned(size_t len, size_t align, bool huge)
+{
+	size_t maplen;
+	uint8_t *p, *a;
+
+	if (__builtin_add_overflow(len, align - UHMM_PAGE_SIZE, &maplen))
+		return NULL;
+	p = mmap(NULL, maplen, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	a = (uint8_t *)UHMM_ALIGN_UP((uintptr_t)p, align);
+	if (a > p)
+		munmap(p, (size_t)(a - p));
+	if (a + len < p + maplen)
+		munmap(a + len, (size_t)(p + maplen - (a + len)));
+	if (huge)
+		madvise(a, len, MADV_HUGEPAGE);	/* a hint */
+	return a;
+}
+
 /* A block's size sits in front of it (16 bytes keep the alignment). */
 #define BLOCK_HDR 16
 

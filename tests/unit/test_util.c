@@ -3,9 +3,12 @@
  * tables (uhmm_calloc_huge) and the one-block scratch cache that migrations
  * and the sim reuse (uhmm_block_get/put). */
 #include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <check.h>
 #include "internal.h"
 #include "t_util.h"
@@ -35,6 +38,61 @@ START_TEST(calloc_huge_overflow_is_null)
 {
 	ck_assert_ptr_null(uhmm_calloc_huge(SIZE_MAX / 2, 4));
 	ck_assert_ptr_null(uhmm_calloc_huge(1, SIZE_MAX - 100));
+}
+END_TEST
+
+/* "VmFlags:" of the mapping holding @p, from /proc/self/smaps ("" if none). */
+static void vm_flags_of(const void *p, char *out, size_t len)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	bool in = false;
+
+	ck_assert_ptr_nonnull(f);
+	out[0] = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+		else if (in && strncmp(line, "VmFlags:", 8) == 0)
+			snprintf(out, len, "%s", line + 8);
+	}
+	fclose(f);
+}
+
+/* Aligned, not populated, usable over exactly @len, THP-advised on request. */
+START_TEST(map_aligned_modes)
+{
+	size_t lens[] = { 3 * 4096, 5 * HUGE_SZ / 2 };
+	unsigned char vec[3 * HUGE_SZ / 4096];
+	char flags[512];
+
+	for (int huge = 0; huge <= 1; huge++)
+		for (size_t k = 0; k < 2; k++) {
+			size_t align = huge ? HUGE_SZ : 4096;
+			uint8_t *p = uhmm_map_aligned(lens[k], align, huge);
+
+			ck_assert_ptr_nonnull(p);
+			ck_assert_uint_eq((uintptr_t)p % align, 0);
+			ck_assert_int_eq(mincore(p, lens[k], vec), 0);
+			for (size_t i = 0; i < lens[k] / 4096; i++)
+				ck_assert_int_eq(vec[i] & 1, 0);	/* not populated */
+			ck_assert_int_eq(t_first_nonzero(p, lens[k]), -1);
+			memset(p, 0x5a, lens[k]);
+			vm_flags_of(p, flags, sizeof(flags));
+			ck_assert_msg((strstr(flags, " hg") != NULL) == (huge == 1),
+				      "huge %d: VmFlags%s", huge, flags);
+			ck_assert_int_eq(munmap(p, lens[k]), 0);
+		}
+}
+END_TEST
+
+/* A length that cannot be mapped is NULL, not a crash. */
+START_TEST(map_aligned_too_big_is_null)
+{
+	ck_assert_ptr_null(uhmm_map_aligned(SIZE_MAX - 4096, HUGE_SZ, true));
+	ck_assert_ptr_null(uhmm_map_aligned(1ULL << 60, 4096, false));
 }
 END_TEST
 
@@ -125,8 +183,10 @@ int main(void)
 {
 	TCase *tc = T_TCASE("calloc_huge", NULL, NULL, calloc_huge_zeroed_and_aligned,
 			    calloc_huge_overflow_is_null);
+	TCase *tm = T_TCASE("map_aligned", NULL, NULL, map_aligned_modes,
+			    map_aligned_too_big_is_null);
 	TCase *tb = T_TCASE("block_cache", NULL, NULL, block_reused_when_big_enough,
 			    block_without_cache_and_edges, block_cache_shared_by_threads);
 
-	return t_run_suite("util", tc, tb, NULL);
+	return t_run_suite("util", tc, tm, tb, NULL);
 }
