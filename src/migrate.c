@@ -421,6 +421,9 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		return -EINVAL;
 	mm = m->mm;
 	n = (m->end - m->start) / PG;
+	/* a MADV_DONTNEED that returned before this call is applied first, so
+	 * its pages are collected as holes (the kernel zaps before returning) */
+	uhmm_mm_removes_settle(mm);
 	/* COHERENT pages fault back like PRIVATE ones (see migrate.h) */
 	if (m->fault_page && (!m->fault_page->pgmap ||
 			      (m->fault_page->pgmap->type != UHMM_PAGEMAP_PRIVATE &&
