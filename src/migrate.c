@@ -325,6 +325,37 @@ ours_ent(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t a, struct mm_vma **vp)
 	return pe && ENT_STATE(*pe) == ENT_MIGRATING && ENT_PTR(*pe) == c ? pe : NULL;
 }
 
+/* Page i comes back to the process by a copy from c->dstbuf (its migrate
+ * flag and dst checked as finalize checks them). */
+static bool copy_back(const struct mig_ctl *c, uint64_t i)
+{
+	uint64_t s = c->m->src[i], d = c->m->dst[i];
+
+	return (s & UHMM_MIGRATE_PFN_MIGRATE) && (d & UHMM_MIGRATE_PFN_VALID) &&
+	       !(d & (UHMM_MIGRATE_PFN_DEVICE | UHMM_MIGRATE_PFN_MOVE)) && c->devpage[i] &&
+	       !c->placed[i] && c->dstbuf;
+}
+
+/*
+ * The end of the run of pages from i that all come back by copy into @v,
+ * still this migration's: one UFFDIO_COPY for all of them (mm->lock held).
+ * A system call per page cost most of a migration to RAM.
+ */
+static uint64_t copy_run_end(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i,
+			     struct mm_vma *v)
+{
+	uint64_t j = i + 1;
+
+	while (j < c->m->npages && j - i < 512 && copy_back(c, j)) {
+		struct mm_vma *w = v;
+
+		if (!ours_ent(mm, c, VA(c->m, j), &w) || w != v)
+			break;
+		j++;
+	}
+	return j;
+}
+
 /* Page i's CPU entry is still this migration's (mm->lock held). */
 static bool still_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i)
 {
@@ -662,7 +693,7 @@ static bool move_wanted(const struct uhmm_migrate *m, const struct mig_ctl *c,
 static int place_one(struct uhmm_mm *mm, uint64_t to, uint64_t from, bool to_process)
 {
 	if (to_process)
-		return from ? uhmm_uffd_copy(mm, to, (void *)(uintptr_t)from, PG, false)
+		return from ? uhmm_uffd_copy(mm, to, (void *)(uintptr_t)from, PG, false, NULL)
 			    : -EFAULT;
 	if (from)
 		memcpy((void *)(uintptr_t)to, (void *)(uintptr_t)from, PG);
@@ -869,9 +900,9 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	struct uhmm_mm *mm;
 	struct uhmm_page **put;
 	struct mm_vma *v;
-	uint64_t nput = 0;
+	uint64_t nput = 0, copied_to = 0;
 	int done = 0;
-	bool gate;
+	bool gate, runs = true;
 
 	if (!m || !(c = m->priv))
 		return -EINVAL;
@@ -916,9 +947,25 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		if (c->devpage[i]) {	/* device -> system */
 			int rc = -ENOENT;
 
-			if (migrate && !c->placed[i] && !(d & UHMM_MIGRATE_PFN_MOVE) &&
-			    c->dstbuf)
-				rc = uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG, PG, false);
+			if (migrate && i < copied_to) {
+				rc = 0;		/* placed with the run of an earlier page */
+			} else if (migrate && copy_back(c, i)) {
+				uint64_t j = runs ? copy_run_end(mm, c, i, v) : i + 1, got = 0;
+
+				rc = uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG, (j - i) * PG,
+						    false, &got);
+				/* the run may cross a mapping split (mprotect) that
+				 * uhmm's range record does not show: page by page */
+				if (rc && rc != -EAGAIN && !got && j > i + 1) {
+					runs = false;
+					rc = uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG, PG,
+							    false, &got);
+				}
+				if (got >= PG) {
+					copied_to = i + got / PG;
+					rc = 0;
+				}
+			}
 			if (rc == -EAGAIN)
 				goto again;
 			if (migrate && (c->placed[i] || rc == 0)) {
@@ -948,7 +995,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 
 			if (rc && rc != -EAGAIN)
 				rc = uhmm_uffd_copy(mm, VA(m, i), (void *)(uintptr_t)from, PG,
-						    false);
+						    false, NULL);
 			if (rc == -EAGAIN)
 				goto again;
 		}
@@ -1149,7 +1196,7 @@ int uhmm_excl_restore(struct uhmm_mm *mm, uint64_t addr)
 			 * hole (the copy would fault, maybe on the handler itself) */
 			if ((rc || moved != PG) && rc != -EAGAIN)
 				rc = page_present(x->buf)
-					     ? uhmm_uffd_copy(mm, addr, x->buf, PG, false)
+					     ? uhmm_uffd_copy(mm, addr, x->buf, PG, false, NULL)
 					     : uhmm_uffd_fill(mm, addr, PG, true, &moved);
 		}
 		if (rc != -EAGAIN) {

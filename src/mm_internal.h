@@ -266,8 +266,10 @@ UHMM_HIDDEN void uhmm_uffd_stop(struct uhmm_mm *mm);
 UHMM_HIDDEN bool uhmm_uffd_is_handler(void);
 UHMM_HIDDEN void uhmm_uffd_drain(struct uhmm_mm *mm);
 UHMM_HIDDEN void uhmm_uffd_retry_wait(struct uhmm_mm *mm, int *tries);
-UHMM_HIDDEN int uhmm_uffd_copy(struct uhmm_mm *mm, uint64_t dst,
-			       const void *src, uint64_t len, bool wake);
+/* UFFDIO_COPY of [dst, dst+len), retried while mm changes; *copied (if
+ * given) gets the bytes placed, also when it fails part way. */
+UHMM_HIDDEN int uhmm_uffd_copy(struct uhmm_mm *mm, uint64_t dst, const void *src,
+			       uint64_t len, bool wake, uint64_t *copied);
 UHMM_HIDDEN int uhmm_uffd_move(struct uhmm_mm *mm, uint64_t dst, uint64_t src,
 			       uint64_t len, uint64_t *moved);
 UHMM_HIDDEN int uhmm_uffd_wake(struct uhmm_mm *mm, uint64_t start, uint64_t len);

@@ -258,10 +258,10 @@ int uhmm_uffd_wake(struct uhmm_mm *mm, uint64_t start, uint64_t len)
 }
 
 int uhmm_uffd_copy(struct uhmm_mm *mm, uint64_t dst, const void *src,
-		   uint64_t len, bool wake)
+		   uint64_t len, bool wake, uint64_t *copied)
 {
 	uint64_t done = 0;
-	int tries = 0;
+	int tries = 0, rc = 0;
 
 	while (done < len) {
 		struct uffdio_copy c = {
@@ -272,8 +272,10 @@ int uhmm_uffd_copy(struct uhmm_mm *mm, uint64_t dst, const void *src,
 		};
 
 		if (uhmm_fi_fail(UHMM_FI_UFFD_COPY)) {	/* as if mm were changing */
-			if (uhmm_tls_gated)
-				return -EAGAIN;
+			if (uhmm_tls_gated) {
+				rc = -EAGAIN;
+				break;
+			}
 			uhmm_uffd_retry_wait(mm, &tries);
 			continue;
 		}
@@ -285,15 +287,21 @@ int uhmm_uffd_copy(struct uhmm_mm *mm, uint64_t dst, const void *src,
 			done += (uint64_t)c.copy;
 			continue;
 		}
-		if (c.copy != -EAGAIN && errno != EAGAIN)
-			return c.copy < 0 ? (int)c.copy : -errno;
-		if (uhmm_tls_gated)
-			return -EAGAIN;		/* the caller lets go and retries */
+		if (c.copy != -EAGAIN && errno != EAGAIN) {
+			rc = c.copy < 0 ? (int)c.copy : -errno;
+			break;
+		}
+		if (uhmm_tls_gated) {
+			rc = -EAGAIN;		/* the caller lets go and retries */
+			break;
+		}
 		uhmm_uffd_retry_wait(mm, &tries);
 	}
-	if (wake)
-		uhmm_uffd_wake(mm, dst, len);
-	return 0;
+	if (copied)
+		*copied = done;
+	if (wake && done)
+		uhmm_uffd_wake(mm, dst, done);
+	return rc;
 }
 
 int uhmm_uffd_move(struct uhmm_mm *mm, uint64_t dst, uint64_t src, uint64_t len,

@@ -208,8 +208,9 @@ static int drv_to_dev(struct drv *d, void *addr, uint64_t n, uint64_t skip_mask,
 	return done;
 }
 
-/* Device -> system for the driver's pages of the range; returns finalize's count. */
-static int drv_to_sys(struct drv *d, void *addr, uint64_t n, bool give_dst)
+/* Device -> system for the driver's pages of the range, page i only if bit
+ * i of @want is set (i < 64); returns finalize's count. */
+static int drv_to_sys_some(struct drv *d, void *addr, uint64_t n, uint64_t want)
 {
 	uint64_t src[NP], dst[NP];
 	struct uhmm_migrate m = {
@@ -220,10 +221,10 @@ static int drv_to_sys(struct drv *d, void *addr, uint64_t n, bool give_dst)
 
 	ck_assert_uint_le(n, NP);
 	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
-	for (uint64_t i = 0; i < n && give_dst; i++) {
+	for (uint64_t i = 0; i < n; i++) {
 		void *to = uhmm_migrate_dst_buf(&m, i);
 
-		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE) || (i < 64 && !(want >> i & 1)))
 			continue;
 		ck_assert_ptr_nonnull(to);
 		ck_assert(src[i] & UHMM_MIGRATE_PFN_DEVICE);
@@ -233,6 +234,11 @@ static int drv_to_sys(struct drv *d, void *addr, uint64_t n, bool give_dst)
 	}
 	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
 	return uhmm_migrate_finalize(&m);
+}
+
+static int drv_to_sys(struct drv *d, void *addr, uint64_t n, bool give_dst)
+{
+	return drv_to_sys_some(d, addr, n, give_dst ? ~0ULL : 0);
 }
 
 static uint8_t *map_managed(size_t len)
@@ -617,6 +623,35 @@ START_TEST(finalize_device_to_system)
 	ck_assert_uint_eq(t_resident_pages(mem, LEN), NP);
 	ck_assert_int_eq(t_check_pattern(mem, LEN, 10), -1);
 	ck_assert_int_eq(atomic_load(&drv->to_ram), 0);
+}
+END_TEST
+
+/* Pages without a destination split the copy back into runs: the others
+ * come back, these two stay on the device until the CPU touches them. */
+START_TEST(finalize_device_to_system_some)
+{
+	t_fill_pattern(mem, LEN, 20);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	ck_assert_int_eq(drv_to_sys_some(drv, mem, NP, ~((1ULL << 3) | (1ULL << 9))), NP - 2);
+	ck_assert_int_eq(atomic_load(&drv->frees), NP - 2);
+	ck_assert_uint_eq(t_resident_pages(mem, LEN), NP - 2);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 20), -1);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), 2);
+}
+END_TEST
+
+/* A plain mprotect splits the mapping under uhmm's range record: the pages
+ * on either side and the one in the middle all come back. */
+START_TEST(finalize_device_to_system_across_split)
+{
+	t_fill_pattern(mem, LEN, 21);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	ck_assert_int_eq(mprotect(mem + 5 * T_PAGE, T_PAGE, PROT_READ), 0);
+	ck_assert_int_eq(drv_to_sys(drv, mem, NP, true), NP);
+	ck_assert_uint_eq(t_resident_pages(mem, LEN), NP);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 21), -1);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), 0);
+	ck_assert_int_eq(mprotect(mem + 5 * T_PAGE, T_PAGE, PROT_READ | PROT_WRITE), 0);
 }
 END_TEST
 
@@ -1188,7 +1223,8 @@ int main(void)
 				pages_unknown_device_pfn_dropped);
 	TCase *tfin = T_TCASE("migrate_finalize", setup, teardown, finalize_bad_args_einval,
 			      finalize_to_device_then_cpu_faults_back, finalize_partial_dst,
-			      finalize_device_to_system, finalize_cpu_write_after_migration,
+			      finalize_device_to_system, finalize_device_to_system_some,
+			      finalize_device_to_system_across_split, finalize_cpu_write_after_migration,
 			      finalize_to_ram_dst_empty_sigbus);
 	TCase *tfin2 = T_TCASE("migrate_finalize_inthread", setup_inthread, teardown,
 			       finalize_to_ram_page_held_elsewhere_retries);
