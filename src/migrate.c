@@ -325,28 +325,53 @@ ours_ent(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t a, struct mm_vma **vp)
 	return pe && ENT_STATE(*pe) == ENT_MIGRATING && ENT_PTR(*pe) == c ? pe : NULL;
 }
 
-/* Page i comes back to the process by a copy from c->dstbuf (its migrate
- * flag and dst checked as finalize checks them). */
-static bool copy_back(const struct mig_ctl *c, uint64_t i)
+/*
+ * Whether finalize migrates page i, from src[i] and dst[i] as the driver left
+ * them: without uhmm_migrate_pages(), dst[] is unchecked, so a system source
+ * needs a real device page and a device source system memory; a move that
+ * could not be made is no migration.
+ */
+static inline bool fin_migrates(const struct mig_ctl *c, uint64_t i)
 {
 	uint64_t s = c->m->src[i], d = c->m->dst[i];
+	bool migrate = (s & UHMM_MIGRATE_PFN_MIGRATE) && (d & UHMM_MIGRATE_PFN_VALID);
 
-	return (s & UHMM_MIGRATE_PFN_MIGRATE) && (d & UHMM_MIGRATE_PFN_VALID) &&
-	       !(d & (UHMM_MIGRATE_PFN_DEVICE | UHMM_MIGRATE_PFN_MOVE)) && c->devpage[i] &&
-	       !c->placed[i] && c->dstbuf;
+	if (migrate && !c->devpage[i])
+		migrate = (d & UHMM_MIGRATE_PFN_DEVICE) && c->dstpage[i];
+	else if (migrate)
+		migrate = !(d & UHMM_MIGRATE_PFN_DEVICE);
+	if (migrate && (d & UHMM_MIGRATE_PFN_MOVE) && !c->placed[i])
+		migrate = false;
+	return migrate;
+}
+
+/* Device page i comes back to the process by a copy from c->dstbuf. */
+static bool copies_back(const struct mig_ctl *c, uint64_t i)
+{
+	return c->devpage[i] && fin_migrates(c, i) && !c->placed[i] &&
+	       !(c->m->dst[i] & UHMM_MIGRATE_PFN_MOVE) && c->dstbuf;
+}
+
+/* System page i stays: it goes back to the process from where setup put it. */
+static bool stays_staged(const struct mig_ctl *c, uint64_t i)
+{
+	return !c->devpage[i] && (c->m->src[i] & UHMM_MIGRATE_PFN_VALID) &&
+	       stage_at(c, i) && !fin_migrates(c, i);
 }
 
 /*
- * The end of the run of pages from i that all come back by copy into @v,
- * still this migration's: one UFFDIO_COPY for all of them (mm->lock held).
- * A system call per page cost most of a migration to RAM.
+ * The end of the run of pages from i (at most 512) that @same accepts, still
+ * this migration's and in range @v; with @from, their data also follows on
+ * from page i's at @from. One system call then places the whole run: one
+ * per page cost most of a migration (mm->lock held).
  */
-static uint64_t copy_run_end(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i,
-			     struct mm_vma *v)
+static uint64_t run_end(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i, struct mm_vma *v,
+			bool (*same)(const struct mig_ctl *, uint64_t), uint64_t from)
 {
 	uint64_t j = i + 1;
 
-	while (j < c->m->npages && j - i < 512 && copy_back(c, j)) {
+	while (j < c->m->npages && j - i < 512 && same(c, j) &&
+	       (!from || stage_at(c, j) == from + (j - i) * PG)) {
 		struct mm_vma *w = v;
 
 		if (!ours_ent(mm, c, VA(c->m, j), &w) || w != v)
@@ -900,7 +925,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	struct uhmm_mm *mm;
 	struct uhmm_page **put;
 	struct mm_vma *v;
-	uint64_t nput = 0, copied_to = 0;
+	uint64_t nput = 0, copied_to = 0, back_to = 0;
 	int done = 0;
 	bool gate, runs = true;
 
@@ -920,17 +945,9 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	v = NULL;			/* the range of page i, while mm->lock is held */
 	for (uint64_t i = 0; i < m->npages; i++) {
 		uint64_t s = m->src[i], d = m->dst[i];
-		bool migrate = (s & UHMM_MIGRATE_PFN_MIGRATE) && (d & UHMM_MIGRATE_PFN_VALID);
+		bool migrate = fin_migrates(c, i);
 		struct uhmm_page *dpg = NULL;
 
-		/* without uhmm_migrate_pages(), dst[] is unchecked: a system
-		 * source needs a real device page, a device source system memory */
-		if (migrate && !c->devpage[i])
-			migrate = (d & UHMM_MIGRATE_PFN_DEVICE) && c->dstpage[i];
-		else if (migrate)
-			migrate = !(d & UHMM_MIGRATE_PFN_DEVICE);
-		if (migrate && (d & UHMM_MIGRATE_PFN_MOVE) && !c->placed[i])
-			migrate = false;	/* the data could not be moved */
 		if (!migrate)
 			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 
@@ -949,8 +966,9 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 
 			if (migrate && i < copied_to) {
 				rc = 0;		/* placed with the run of an earlier page */
-			} else if (migrate && copy_back(c, i)) {
-				uint64_t j = runs ? copy_run_end(mm, c, i, v) : i + 1, got = 0;
+			} else if (migrate && copies_back(c, i)) {
+				uint64_t j = runs ? run_end(mm, c, i, v, copies_back, 0) : i + 1;
+				uint64_t got = 0;
 
 				rc = uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG, (j - i) * PG,
 						    false, &got);
@@ -988,15 +1006,23 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 			done++;
 			continue;
 		}
-		/* system page that stays: give it back to the process */
-		if ((s & UHMM_MIGRATE_PFN_VALID) && stage_at(c, i)) {
-			uint64_t moved, from = stage_at(c, i);
-			int rc = uhmm_uffd_move(mm, VA(m, i), from, PG, &moved);
+		/* system page that stays: give it back to the process, with
+		 * the run that follows it (a device that ran full) */
+		if ((s & UHMM_MIGRATE_PFN_VALID) && stage_at(c, i) && i >= back_to) {
+			uint64_t moved = 0, from = stage_at(c, i);
+			uint64_t j = runs ? run_end(mm, c, i, v, stays_staged, from) : i + 1;
+			int rc = uhmm_uffd_move(mm, VA(m, i), from, (j - i) * PG, &moved);
 
-			if (rc && rc != -EAGAIN)
+			if (rc && rc != -EAGAIN && !moved && j > i + 1) {
+				runs = false;	/* a split (see above): page by page */
+				rc = uhmm_uffd_move(mm, VA(m, i), from, PG, &moved);
+			}
+			if (moved >= PG)
+				back_to = i + moved / PG;
+			else if (rc && rc != -EAGAIN)
 				rc = uhmm_uffd_copy(mm, VA(m, i), (void *)(uintptr_t)from, PG,
 						    false, NULL);
-			if (rc == -EAGAIN)
+			if (rc == -EAGAIN && moved < PG)
 				goto again;
 		}
 		uhmm_ent_set(mm, v, VA(m, i), 0);

@@ -67,6 +67,48 @@ START_TEST(copy_path_round_trip_is_byte_exact)
 }
 END_TEST
 
+/*
+ * A device that runs full: the pages that do not fit go back to the process
+ * in runs (split by a hole, by the 512-page limit, by the pieces), each
+ * with its own data, the hole still a hole; the next migration, once the
+ * device has room, takes them.
+ */
+static void full_device(int copy)
+{
+	struct uhmm_sim_counters c;
+
+	open_sim(copy, 100);
+	t_fill_pattern(mem, NPAGES * T_PAGE, 12);
+	ck_assert_int_eq(madvise(mem + 700 * T_PAGE, T_PAGE, MADV_DONTNEED), 0);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem, NPAGES), 100);
+	ck_assert_int_eq(uhmm_sim_counters(sim, &c), 0);
+	ck_assert_uint_eq(c.dev_pages, 100);
+	ck_assert_uint_eq(t_resident_pages(mem, NPAGES * T_PAGE), NPAGES - 100 - 1);
+	ck_assert_int_eq(t_check_pattern(mem + 100 * T_PAGE, 600 * T_PAGE,
+					 12 + 100 * T_PAGE / 8), -1);
+	ck_assert_int_eq(t_first_nonzero(mem + 700 * T_PAGE, T_PAGE), -1);
+	ck_assert_int_eq(t_check_pattern(mem + 701 * T_PAGE, (NPAGES - 701) * T_PAGE,
+					 12 + 701 * T_PAGE / 8), -1);
+	ck_assert_int_eq(uhmm_sim_migrate_to_sys(sim, (uintptr_t)mem, 100), 100);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)mem + 1000 * T_PAGE, 100), 100);
+	ck_assert_int_eq(t_check_pattern(mem, 700 * T_PAGE, 12), -1);
+	ck_assert_int_eq(t_check_pattern(mem + 701 * T_PAGE, (NPAGES - 701) * T_PAGE,
+					 12 + 701 * T_PAGE / 8), -1);
+	close_sim();
+}
+
+START_TEST(move_path_full_device_keeps_the_rest)
+{
+	full_device(0);
+}
+END_TEST
+
+START_TEST(copy_path_full_device_keeps_the_rest)
+{
+	full_device(1);
+}
+END_TEST
+
 /* Never-touched pages migrate as zero pages on both paths and read as zero. */
 static void zero_pages(int copy)
 {
@@ -227,10 +269,12 @@ int main(void)
 	TCase *mv = tcase_create("move_path"), *cp = tcase_create("copy_path");
 
 	tcase_add_test(mv, move_path_round_trip_is_byte_exact);
+	tcase_add_test(mv, move_path_full_device_keeps_the_rest);
 	tcase_add_test(mv, move_path_untouched_pages_read_zero);
 	tcase_add_test(mv, move_path_reused_pool_pages_hold_new_data);
 	tcase_add_test(mv, move_path_device_write_comes_back);
 	tcase_add_test(cp, copy_path_round_trip_is_byte_exact);
+	tcase_add_test(cp, copy_path_full_device_keeps_the_rest);
 	tcase_add_test(cp, copy_path_untouched_pages_read_zero);
 	tcase_add_test(cp, copy_path_device_write_comes_back);
 	tcase_add_test(cp, copy_path_fragmented_pool_is_byte_exact);
