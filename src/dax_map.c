@@ -70,20 +70,8 @@ bool uhmm_dax_dev_busy(struct uhmm_dax_dev *dev)
 
 static void *map_reserve(size_t len, size_t align, size_t *span)
 {
-	size_t sp = len + align;
-	char *p, *a;
-
-	p = mmap(NULL, sp, PROT_NONE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p == MAP_FAILED)
-		return NULL;
-	a = (char *)UHMM_ALIGN_UP((uintptr_t)p, align);
-	if (a > p)
-		munmap(p, (size_t)(a - p));
-	if (a + len < p + sp)
-		munmap(a + len, (size_t)(p + sp - (a + len)));
 	*span = len;
-	return a;
+	return uhmm_map_aligned(len, align, PROT_NONE, false);
 }
 
 /* Map the device-offset part [from, end of ranges) of @ranges at @base. */

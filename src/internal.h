@@ -83,11 +83,11 @@ UHMM_HIDDEN bool uhmm_warn_once(bool cond, bool *done, const char *file,
 UHMM_HIDDEN void *uhmm_calloc_huge(size_t n, size_t size);
 
 /*
- * Private anonymous memory of @len bytes at an @align-aligned address (a
- * power of two, at least a page), not populated; MADV_HUGEPAGE if @huge.
- * Freed with munmap(p, len). NULL if the mapping fails.
+ * Private anonymous memory of @len bytes with protection @prot at an
+ * @align-aligned address (a power of two, at least a page), not populated;
+ * MADV_HUGEPAGE if @huge. Freed with munmap(p, len). NULL if mmap fails.
  */
-UHMM_HIDDEN void *uhmm_map_aligned(size_t len, size_t align, bool huge);
+UHMM_HIDDEN void *uhmm_map_aligned(size_t len, size_t align, int prot, bool huge);
 
 /*
  * One idle scratch block kept for reuse, lock-free (a migration's control

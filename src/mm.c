@@ -918,7 +918,8 @@ int uhmm_mm_alloc(struct uhmm_mm *mm, size_t len, unsigned int flags, void **out
 		return -EINVAL;
 	if (uhmm_fi_fail(UHMM_FI_MMAP))
 		return -ENOMEM;
-	a = uhmm_map_aligned(len, huge ? 2UL << 20 : UHMM_PAGE_SIZE, huge);
+	a = uhmm_map_aligned(len, huge ? 2UL << 20 : UHMM_PAGE_SIZE, PROT_READ | PROT_WRITE,
+			     huge);
 	if (!a)
 		return -ENOMEM;
 	err = manage(mm, (uint64_t)(uintptr_t)a, (uint64_t)(uintptr_t)a + len, true);

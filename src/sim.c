@@ -341,7 +341,7 @@ int uhmm_sim_create(struct uhmm_mm *mm, const struct uhmm_sim_opts *opts,
 	 * the copy then writes through one TLB entry per page).
 	 */
 	if (s->copy) {
-		s->pool = uhmm_map_aligned(cap * PG, 2UL << 20, true);
+		s->pool = uhmm_map_aligned(cap * PG, 2UL << 20, PROT_READ | PROT_WRITE, true);
 		err = s->pool ? 0 : -ENOMEM;
 	} else {
 		err = uhmm_mm_alloc(mm, cap * PG, UHMM_ALLOC_HUGE, &s->pool);

@@ -22,15 +22,14 @@ void *uhmm_calloc_huge(size_t n, size_t size)
 	return memset(p, 0, bytes);
 }
 
-void *uhmm_map_aligned(size_t len, size_t align, bool huge)
+void *uhmm_map_aligned(size_t len, size_t align, int prot, bool huge)
 {
 	size_t maplen;
 	uint8_t *p, *a;
 
 	if (__builtin_add_overflow(len, align - UHMM_PAGE_SIZE, &maplen))
 		return NULL;
-	p = mmap(NULL, maplen, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	p = mmap(NULL, maplen, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED)
 		return NULL;
 	a = (uint8_t *)UHMM_ALIGN_UP((uintptr_t)p, align);

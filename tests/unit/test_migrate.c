@@ -236,11 +236,6 @@ static int drv_to_sys_some(struct drv *d, void *addr, uint64_t n, uint64_t want)
 	return uhmm_migrate_finalize(&m);
 }
 
-static int drv_to_sys(struct drv *d, void *addr, uint64_t n, bool give_dst)
-{
-	return drv_to_sys_some(d, addr, n, give_dst ? ~0ULL : 0);
-}
-
 static uint8_t *map_managed(size_t len)
 {
 	uint8_t *p = t_map_anon(len);
@@ -613,45 +608,48 @@ START_TEST(finalize_partial_dst)
 }
 END_TEST
 
-/* Device -> system driven by the driver: all pages back, device pages freed. */
+/*
+ * Device -> system driven by the driver, for the pages whose bit is set in
+ * @want: those come back (device pages freed), the others stay on the
+ * device until the CPU reads them. @split: a plain mprotect splits the
+ * mapping under uhmm's range record first (page 5 read-only).
+ */
+static void device_to_system(uint64_t seed, uint64_t want, bool split)
+{
+	int n = __builtin_popcountll(want & ((1ULL << NP) - 1));
+
+	t_fill_pattern(mem, LEN, seed);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	if (split)
+		ck_assert_int_eq(mprotect(mem + 5 * T_PAGE, T_PAGE, PROT_READ), 0);
+	ck_assert_int_eq(drv_to_sys_some(drv, mem, NP, want), n);
+	ck_assert_int_eq(atomic_load(&drv->frees), n);
+	ck_assert_uint_eq(t_resident_pages(mem, LEN), n);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, seed), -1);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), NP - n);
+	if (split)
+		ck_assert_int_eq(mprotect(mem + 5 * T_PAGE, T_PAGE, PROT_READ | PROT_WRITE), 0);
+}
+
+/* All pages back, device pages freed. */
 START_TEST(finalize_device_to_system)
 {
-	t_fill_pattern(mem, LEN, 10);
-	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
-	ck_assert_int_eq(drv_to_sys(drv, mem, NP, true), NP);
-	ck_assert_int_eq(atomic_load(&drv->frees), NP);
-	ck_assert_uint_eq(t_resident_pages(mem, LEN), NP);
-	ck_assert_int_eq(t_check_pattern(mem, LEN, 10), -1);
-	ck_assert_int_eq(atomic_load(&drv->to_ram), 0);
+	device_to_system(10, ~0ULL, false);
 }
 END_TEST
 
-/* Pages without a destination split the copy back into runs: the others
- * come back, these two stay on the device until the CPU touches them. */
+/* Pages without a destination split the copy back into runs. */
 START_TEST(finalize_device_to_system_some)
 {
-	t_fill_pattern(mem, LEN, 20);
-	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
-	ck_assert_int_eq(drv_to_sys_some(drv, mem, NP, ~((1ULL << 3) | (1ULL << 9))), NP - 2);
-	ck_assert_int_eq(atomic_load(&drv->frees), NP - 2);
-	ck_assert_uint_eq(t_resident_pages(mem, LEN), NP - 2);
-	ck_assert_int_eq(t_check_pattern(mem, LEN, 20), -1);
-	ck_assert_int_eq(atomic_load(&drv->to_ram), 2);
+	device_to_system(20, ~((1ULL << 3) | (1ULL << 9)), false);
 }
 END_TEST
 
-/* A plain mprotect splits the mapping under uhmm's range record: the pages
- * on either side and the one in the middle all come back. */
+/* Across a mapping split: the pages on either side and the one in the
+ * middle all come back. */
 START_TEST(finalize_device_to_system_across_split)
 {
-	t_fill_pattern(mem, LEN, 21);
-	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
-	ck_assert_int_eq(mprotect(mem + 5 * T_PAGE, T_PAGE, PROT_READ), 0);
-	ck_assert_int_eq(drv_to_sys(drv, mem, NP, true), NP);
-	ck_assert_uint_eq(t_resident_pages(mem, LEN), NP);
-	ck_assert_int_eq(t_check_pattern(mem, LEN, 21), -1);
-	ck_assert_int_eq(atomic_load(&drv->to_ram), 0);
-	ck_assert_int_eq(mprotect(mem + 5 * T_PAGE, T_PAGE, PROT_READ | PROT_WRITE), 0);
+	device_to_system(21, ~0ULL, true);
 }
 END_TEST
 

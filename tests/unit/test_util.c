@@ -71,7 +71,7 @@ START_TEST(map_aligned_modes)
 	for (int huge = 0; huge <= 1; huge++)
 		for (size_t k = 0; k < 2; k++) {
 			size_t align = huge ? HUGE_SZ : 4096;
-			uint8_t *p = uhmm_map_aligned(lens[k], align, huge);
+			uint8_t *p = uhmm_map_aligned(lens[k], align, PROT_READ | PROT_WRITE, huge);
 
 			ck_assert_ptr_nonnull(p);
 			ck_assert_uint_eq((uintptr_t)p % align, 0);
@@ -91,8 +91,8 @@ END_TEST
 /* A length that cannot be mapped is NULL, not a crash. */
 START_TEST(map_aligned_too_big_is_null)
 {
-	ck_assert_ptr_null(uhmm_map_aligned(SIZE_MAX - 4096, HUGE_SZ, true));
-	ck_assert_ptr_null(uhmm_map_aligned(1ULL << 60, 4096, false));
+	ck_assert_ptr_null(uhmm_map_aligned(SIZE_MAX - 4096, HUGE_SZ, PROT_READ, true));
+	ck_assert_ptr_null(uhmm_map_aligned(1ULL << 60, 4096, PROT_NONE, false));
 }
 END_TEST
 
