@@ -991,6 +991,8 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 				put[nput++] = c->devpage[i];
 				if (c->devpage[i] == uhmm_wake_defer.fault_page)
 					uhmm_wake_defer.fault_done = true;
+				if (uhmm_wake_defer.active)
+					uhmm_wake_defer.back++;
 				done++;
 			} else {
 				uhmm_ent_set(mm, v, VA(m, i),

@@ -549,7 +549,7 @@ static int walk(struct uhmm_range *r, struct uhmm_mm *mm, struct walk_buf *wb,
 					continue;
 				}
 				*last = a;
-				err = uhmm_device_fault(mm, a, wantw, 0);
+				err = uhmm_device_fault(mm, a, a + UHMM_PAGE_SIZE, wantw, 0, NULL);
 				return err ? -EFAULT : 1;
 			}
 			if (ENT_STATE(e)) {	/* migrating or exclusive: not present */

@@ -426,11 +426,13 @@ static bool mm_overlaps(struct uhmm_mm *mm, uint64_t start, uint64_t end)
 __thread struct uhmm_wake_defer uhmm_wake_defer;
 __thread unsigned int uhmm_tls_mm_locked;
 
-int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr, bool write, int tid)
+int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr, uint64_t end, bool write, int tid,
+		      uint64_t *back)
 {
 	struct uhmm_wake_defer prev, w;
 	struct uhmm_fault f = { .mm = mm, .addr = addr, .tid = tid,
-				.flags = write ? UHMM_FAULT_WRITE : 0 };
+				.flags = write ? UHMM_FAULT_WRITE : 0,
+				.end = UHMM_MAX(end, addr + UHMM_PAGE_SIZE) };
 	struct mm_vma *v;
 	uint64_t e = 0;
 	int rc;
@@ -471,12 +473,22 @@ int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr, bool write, int tid)
 	uhmm_wake_defer = prev;
 	if (w.end > w.start)
 		uhmm_uffd_wake(mm, w.start, w.end - w.start);
+	if (back)
+		*back = w.back;
 	return rc;
 }
 
-/* The first page of [from, end) whose entry @want accepts, 0 if none. */
+/* Device pages brought back by one fault at most: one migration's worth. */
+#define BRING_BACK_RUN 512
+
+/*
+ * The first page of [from, end) whose entry @want accepts, 0 if none.
+ * *run_end: the end of the run from it of wanted device pages of the same
+ * pagemap in one range (a fault brings back the run with the page).
+ */
 static uint64_t next_wanted_page(struct uhmm_mm *mm, uint64_t from, uint64_t end,
-				 uhmm_ent_want_fn want, void *arg, uint64_t *ent)
+				 uhmm_ent_want_fn want, void *arg, uint64_t *ent,
+				 uint64_t *run_end)
 {
 	uint64_t found = 0;
 
@@ -492,7 +504,21 @@ static uint64_t next_wanted_page(struct uhmm_mm *mm, uint64_t from, uint64_t end
 			uint64_t e = v->ents[(a - v->start) >> UHMM_PAGE_SHIFT];
 
 			if (want(e, arg)) {
+				uint64_t b = a + UHMM_PAGE_SIZE, lim = UHMM_MIN(end, v->end);
+
+				while (ENT_STATE(e) == ENT_DEVICE && b < lim &&
+				       b - a < BRING_BACK_RUN * UHMM_PAGE_SIZE) {
+					uint64_t f = v->ents[(b - v->start) >> UHMM_PAGE_SHIFT];
+
+					const struct uhmm_page *pf = ENT_PTR(f), *pe = ENT_PTR(e);
+
+					if (ENT_STATE(f) != ENT_DEVICE || !want(f, arg) ||
+					    pf->pgmap != pe->pgmap)
+						break;
+					b += UHMM_PAGE_SIZE;
+				}
 				*ent = e;
+				*run_end = b;
 				found = a;
 				break;
 			}
@@ -510,21 +536,23 @@ int uhmm_mm_bring_back_if(struct uhmm_mm *mm, uint64_t start, uint64_t end,
 	for (int pass = 0;;) {
 		struct timespec ts = { 0, 1000000 };
 		bool failed = false, progress = false;
-		uint64_t addr, e = 0;
+		uint64_t addr, e = 0, run = 0;
 
 		*err = 0;
 		for (uint64_t from = start; from < end &&
-		     (addr = next_wanted_page(mm, from, end, want, arg, &e));
+		     (addr = next_wanted_page(mm, from, end, want, arg, &e, &run));
 		     from = addr + UHMM_PAGE_SIZE) {
-			int rc = ENT_STATE(e) == ENT_DEVICE ? uhmm_device_fault(mm, addr, false, 0)
-							    : uhmm_excl_restore(mm, addr);
+			uint64_t back = 0;
+			int rc = ENT_STATE(e) == ENT_DEVICE
+					 ? uhmm_device_fault(mm, addr, run, false, 0, &back)
+					 : uhmm_excl_restore(mm, addr);
 
 			if (rc) {
 				failed = true;
 				*err = rc;
 			} else {
 				progress = true;
-				count++;
+				count += back > 1 ? (int)back : 1;
 			}
 		}
 		/* a pass that brought pages back is followed by one more (a

@@ -193,8 +193,11 @@ static inline void uhmm_ent_set(struct uhmm_mm *mm, struct mm_vma *v, uint64_t a
 }
 UHMM_HIDDEN int uhmm_mm_bring_back(struct uhmm_mm *mm, uint64_t start,
 				   uint64_t end);
-UHMM_HIDDEN int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr,
-				  bool write, int tid);
+/* Bring device page @addr back through its migrate_to_ram (fault->end =
+ * @end: the pages up to there are wanted back too); *back (if given): the
+ * device pages the driver's migrations brought back. */
+UHMM_HIDDEN int uhmm_device_fault(struct uhmm_mm *mm, uint64_t addr, uint64_t end,
+				  bool write, int tid, uint64_t *back);
 UHMM_HIDDEN int uhmm_excl_restore(struct uhmm_mm *mm, uint64_t addr);
 UHMM_HIDDEN void uhmm_mm_suppress_add(struct uhmm_mm *mm, uint8_t event,
 				      uint64_t start, uint64_t end);
@@ -309,6 +312,7 @@ struct uhmm_wake_defer {
 	bool fault_busy;	/* setup found it in another migration */
 	struct uhmm_page *fault_page;
 	uint64_t fault_addr;
+	uint64_t back;		/* device pages finalize brought back */
 	uint64_t start, end;
 };
 UHMM_HIDDEN extern __thread struct uhmm_wake_defer uhmm_wake_defer;

@@ -287,7 +287,8 @@ static int sim_migrate_to_ram(struct uhmm_fault *f)
 	pthread_mutex_lock(&s->lock);
 	s->cnt.cpu_faults++;
 	pthread_mutex_unlock(&s->lock);
-	rc = sim_to_sys(s, f->addr, f->addr + PG, f->page);
+	/* a bulk bring-back names its run: one migration for all of it */
+	rc = sim_to_sys(s, f->addr, UHMM_MIN(f->end, f->addr + MIG_PIECE * PG), f->page);
 	return rc < 0 ? rc : 0;
 }
 

@@ -436,7 +436,7 @@ static int serve_fault(struct uhmm_mm *mm, uint64_t addr, bool write, bool wp, i
 	case ENT_DEVICE:
 		mm_unlock(mm);
 		atomic_fetch_add(&mm->st_device_faults, 1);
-		rc = uhmm_device_fault(mm, addr, write, tid);
+		rc = uhmm_device_fault(mm, addr, addr + UHMM_PAGE_SIZE, write, tid, NULL);
 		if (rc == -ENOMEM)
 			rc = -EAGAIN;	/* short of memory for now: try again */
 		if (rc == -EAGAIN)

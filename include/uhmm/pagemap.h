@@ -133,6 +133,14 @@ struct uhmm_fault {
 	struct uhmm_page *page;		/* the device page, referenced */
 	unsigned int flags;		/* UHMM_FAULT_WRITE */
 	int tid;			/* faulting thread, 0 when unknown */
+	/*
+	 * End of the range wanted back: addr + one page for a CPU access;
+	 * further when uhmm brings device pages back in bulk (eviction,
+	 * fork, unmanage), where [addr, end) are device pages of this
+	 * pagemap in one managed range. A hint: the driver may migrate them
+	 * with this fault's migration instead of one fault each.
+	 */
+	uint64_t end;
 };
 #define UHMM_FAULT_WRITE (1U << 0)
 

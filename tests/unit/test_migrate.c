@@ -39,6 +39,7 @@ struct drv {
 	atomic_int to_ram_fail;		/* as many next calls leave dst empty */
 	void (*to_ram_hook)(void);	/* run once by the next migrate_to_ram */
 	void (*to_ram_done_hook)(void);	/* run once after its finalize */
+	_Atomic uint64_t span_min, span_max;	/* fault->end - fault->addr seen */
 	bool managed;			/* pool from uhmm_mm_alloc() of mm */
 };
 
@@ -81,6 +82,10 @@ static int drv_migrate_to_ram(struct uhmm_fault *f)
 	int err;
 
 	atomic_fetch_add(&d->to_ram, 1);
+	if (f->end - f->addr > atomic_load(&d->span_max))
+		atomic_store(&d->span_max, f->end - f->addr);
+	if (!atomic_load(&d->span_min) || f->end - f->addr < atomic_load(&d->span_min))
+		atomic_store(&d->span_min, f->end - f->addr);
 	if (d->to_ram_hook) {
 		void (*hook)(void) = d->to_ram_hook;
 
@@ -789,6 +794,26 @@ START_TEST(device_range_evicts_all)
 }
 END_TEST
 
+/*
+ * fault->end: one page for a CPU access; for an eviction, the run of this
+ * pagemap's device pages that follows (a driver that takes one page per
+ * call still gets every page back, one call each).
+ */
+START_TEST(device_range_fault_end_names_the_run)
+{
+	t_fill_pattern(mem, LEN, 22);
+	ck_assert_int_eq(drv_to_dev(drv, mem, NP, 0, NULL), NP);
+	(void)*(volatile uint8_t *)(mem + 2 * T_PAGE);		/* a CPU access */
+	ck_assert_uint_eq(atomic_load(&drv->span_max), T_PAGE);
+	ck_assert_uint_eq(atomic_load(&drv->span_min), T_PAGE);
+	ck_assert_int_eq(uhmm_migrate_device_range(&drv->pgmap, first_pfn(drv), 64), NP - 1);
+	ck_assert_uint_eq(atomic_load(&drv->span_max), (NP - 3) * T_PAGE);	/* pages 3-15 */
+	ck_assert_uint_eq(atomic_load(&drv->span_min), T_PAGE);
+	ck_assert_int_eq(atomic_load(&drv->to_ram), NP);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 22), -1);
+}
+END_TEST
+
 /* Only pages inside the pfn range are evicted. */
 START_TEST(device_range_partial)
 {
@@ -1227,6 +1252,7 @@ int main(void)
 	TCase *tfin2 = T_TCASE("migrate_finalize_inthread", setup_inthread, teardown,
 			       finalize_to_ram_page_held_elsewhere_retries);
 	TCase *trange = T_TCASE("migrate_device_range", setup, teardown, device_range_evicts_all,
+				device_range_fault_end_names_the_run,
 				device_range_partial, device_range_retries_a_failing_page,
 				device_range_bad_args_einval);
 	TCase *tunmap = T_TCASE("memunmap_pages", setup, teardown,

@@ -851,9 +851,14 @@ END_TEST
 /* release evicts every device page; data intact; sim stays usable. */
 START_TEST(release_evicts_everything)
 {
+	struct uhmm_sim_counters c;
+
 	fill_and_migrate(sim, 71);
+	(void)counters(sim);
 	ck_assert_int_eq(uhmm_sim_release(sim), NP);
-	ck_assert_uint_eq(counters(sim).dev_pages, 0);
+	c = counters(sim);
+	ck_assert_uint_eq(c.dev_pages, 0);
+	ck_assert_uint_eq(c.cpu_faults, 1);	/* the run came back in one migration */
 	ck_assert_uint_eq(t_resident_pages(mem, LEN), NP);
 	ck_assert_int_eq(t_check_pattern(mem, LEN, 71), -1);
 	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, ADDR(mem, 0), NP), NP);
