@@ -509,7 +509,6 @@ static uint64_t next_wanted_page(struct uhmm_mm *mm, uint64_t from, uint64_t end
 				while (ENT_STATE(e) == ENT_DEVICE && b < lim &&
 				       b - a < BRING_BACK_RUN * UHMM_PAGE_SIZE) {
 					uint64_t f = v->ents[(b - v->start) >> UHMM_PAGE_SHIFT];
-
 					const struct uhmm_page *pf = ENT_PTR(f), *pe = ENT_PTR(e);
 
 					if (ENT_STATE(f) != ENT_DEVICE || !want(f, arg) ||
