@@ -381,6 +381,36 @@ static uint64_t run_end(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i, struc
 	return j;
 }
 
+/*
+ * Give page i back to the process with the run that follows it (@same; its
+ * data at @from on, contiguous) in one UFFDIO_COPY (@copy) or UFFDIO_MOVE.
+ * A run that fails before placing anything may cross a mapping split that
+ * uhmm's range record does not show (plain mprotect): page i alone then,
+ * and page by page from there on (*runs cleared). Returns 0 once page i is
+ * placed, *to then the end of the pages placed; else the error.
+ */
+static int place_back(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i, struct mm_vma *v,
+		      bool (*same)(const struct mig_ctl *, uint64_t), uint64_t from, bool copy,
+		      bool *runs, uint64_t *to)
+{
+	uint64_t j = *runs ? run_end(mm, c, i, v, same, copy ? 0 : from) : i + 1, got = 0;
+	int rc;
+
+	for (;;) {
+		rc = copy ? uhmm_uffd_copy(mm, VA(c->m, i), (void *)(uintptr_t)from,
+					   (j - i) * PG, false, &got)
+			  : uhmm_uffd_move(mm, VA(c->m, i), from, (j - i) * PG, &got);
+		if (!rc || rc == -EAGAIN || got || j == i + 1)
+			break;
+		*runs = false;
+		j = i + 1;
+	}
+	if (got < PG)
+		return rc ? rc : -EIO;
+	*to = i + got / PG;
+	return 0;
+}
+
 /* Page i's CPU entry is still this migration's (mm->lock held). */
 static bool still_ours(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i)
 {
@@ -925,7 +955,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 	struct uhmm_mm *mm;
 	struct uhmm_page **put;
 	struct mm_vma *v;
-	uint64_t nput = 0, copied_to = 0, back_to = 0;
+	uint64_t nput = 0, placed_to = 0;	/* pages before placed_to: placed by a run */
 	int done = 0;
 	bool gate, runs = true;
 
@@ -964,26 +994,12 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		if (c->devpage[i]) {	/* device -> system */
 			int rc = -ENOENT;
 
-			if (migrate && i < copied_to) {
+			if (migrate && i < placed_to)
 				rc = 0;		/* placed with the run of an earlier page */
-			} else if (migrate && copies_back(c, i)) {
-				uint64_t j = runs ? run_end(mm, c, i, v, copies_back, 0) : i + 1;
-				uint64_t got = 0;
-
-				rc = uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG, (j - i) * PG,
-						    false, &got);
-				/* the run may cross a mapping split (mprotect) that
-				 * uhmm's range record does not show: page by page */
-				if (rc && rc != -EAGAIN && !got && j > i + 1) {
-					runs = false;
-					rc = uhmm_uffd_copy(mm, VA(m, i), c->dstbuf + i * PG, PG,
-							    false, &got);
-				}
-				if (got >= PG) {
-					copied_to = i + got / PG;
-					rc = 0;
-				}
-			}
+			else if (migrate && copies_back(c, i))
+				rc = place_back(mm, c, i, v, copies_back,
+						(uint64_t)(uintptr_t)(c->dstbuf + i * PG), true,
+						&runs, &placed_to);
 			if (rc == -EAGAIN)
 				goto again;
 			if (migrate && (c->placed[i] || rc == 0)) {
@@ -1010,21 +1026,15 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		}
 		/* system page that stays: give it back to the process, with
 		 * the run that follows it (a device that ran full) */
-		if ((s & UHMM_MIGRATE_PFN_VALID) && stage_at(c, i) && i >= back_to) {
-			uint64_t moved = 0, from = stage_at(c, i);
-			uint64_t j = runs ? run_end(mm, c, i, v, stays_staged, from) : i + 1;
-			int rc = uhmm_uffd_move(mm, VA(m, i), from, (j - i) * PG, &moved);
+		if ((s & UHMM_MIGRATE_PFN_VALID) && stage_at(c, i) && i >= placed_to) {
+			uint64_t from = stage_at(c, i);
+			int rc = place_back(mm, c, i, v, stays_staged, from, false, &runs,
+					    &placed_to);
 
-			if (rc && rc != -EAGAIN && !moved && j > i + 1) {
-				runs = false;	/* a split (see above): page by page */
-				rc = uhmm_uffd_move(mm, VA(m, i), from, PG, &moved);
-			}
-			if (moved >= PG)
-				back_to = i + moved / PG;
-			else if (rc && rc != -EAGAIN)
+			if (rc && rc != -EAGAIN)	/* not movable (fork-shared): copy */
 				rc = uhmm_uffd_copy(mm, VA(m, i), (void *)(uintptr_t)from, PG,
 						    false, NULL);
-			if (rc == -EAGAIN && moved < PG)
+			if (rc == -EAGAIN)
 				goto again;
 		}
 		uhmm_ent_set(mm, v, VA(m, i), 0);

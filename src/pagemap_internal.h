@@ -105,9 +105,10 @@ UHMM_HIDDEN int uhmm_page_pool_alloc(struct uhmm_page_pool *pool, uint64_t n,
 
 /*
  * Not a locked read-modify-write (in a profile of migrations the locked one
- * took 59% of finalize's samples): a page's flags have one writer at a time. They change on allocation and
- * on the last put, and in between only here, by the one migration that
- * holds the page (through its CPU entry, or as its destination).
+ * took 59% of finalize's samples): a page's flags have one writer at a
+ * time. They change on allocation and on the last put, and in between only
+ * here, by the one migration that holds the page (through its CPU entry,
+ * or as its destination).
  */
 static inline void pm_page_set_present(struct uhmm_page *pg, bool present)
 {
