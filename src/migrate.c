@@ -186,24 +186,31 @@ static void ctl_free(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t n)
  * fail for want of memory (a lost reference or a page left behind). */
 static struct mig_ctl *ctl_alloc(struct uhmm_mm *mm, uint64_t n, bool direct)
 {
-	/* one block: devpage, dstpage, dstpfn, dsthost, put (2n), held, placed */
-	uint64_t words = 6 + direct;
+	/*
+	 * One block: devpage, dstpage, held, then dstpfn, dsthost and put (2n),
+	 * then placed. Only what is read before it is written starts zeroed:
+	 * dstpfn and dsthost are read only where dstpage is set, put is
+	 * filled before it is read.
+	 */
+	uint64_t zwords = 2 + direct, words = zwords + 4;
 	struct mig_ctl *c;
 	uint64_t *a;
 
 	if (n > (SIZE_MAX - sizeof(*c)) / (words * 8 + 1))
 		return NULL;
-	c = uhmm_block_get(&mm->ctl_cache, sizeof(*c) + n * (words * 8 + 1), true);
+	c = uhmm_block_get(&mm->ctl_cache, sizeof(*c) + n * (words * 8 + 1), false);
 	if (!c)
 		return NULL;
+	memset(c, 0, sizeof(*c) + n * zwords * 8);
 	a = (uint64_t *)(c + 1);
 	c->devpage = (struct uhmm_page **)a;
 	c->dstpage = (struct uhmm_page **)(a + n);
-	c->dstpfn = a + 2 * n;
-	c->dsthost = a + 3 * n;
-	c->put = (struct uhmm_page **)(a + 4 * n);
-	c->held = direct ? a + 6 * n : NULL;
+	c->held = direct ? a + 2 * n : NULL;
+	c->dstpfn = a + zwords * n;
+	c->dsthost = a + (zwords + 1) * n;
+	c->put = (struct uhmm_page **)(a + (zwords + 2) * n);
 	c->placed = (bool *)(a + words * n);
+	memset(c->placed, 0, n);
 	return c;
 }
 
@@ -224,11 +231,13 @@ static uint64_t stage_at(const struct mig_ctl *c, uint64_t i)
  * from page i's; 0 if page i has none. */
 static uint64_t stage_run(const struct mig_ctl *c, uint64_t i, uint64_t j)
 {
-	uint64_t a = stage_at(c, i), k = 1;
+	uint64_t a = stage_at(c, i), k = 1, lim = UHMM_MIN(j - i, 512);
 
 	if (!a)
 		return 0;
-	while (i + k < j && k < 512 && stage_at(c, i + k) == a + k * PG)
+	if (!c->held)
+		return lim;	/* the staging area is one block */
+	while (k < lim && c->held[i + k] == a + k * PG)
 		k++;
 	return k;
 }
@@ -258,10 +267,17 @@ static struct uhmm_page *dst_page_lookup(struct mig_ctl *c, uint64_t i, uint64_t
 static inline __attribute__((always_inline)) struct uhmm_page *
 dst_page(const struct uhmm_migrate *m, struct mig_ctl *c, uint64_t i)
 {
-	uint64_t pfn = uhmm_migrate_pfn_to_pfn(m->dst[i]);
+	uint64_t pfn = uhmm_migrate_pfn_to_pfn(m->dst[i]), k = pfn - c->run_pfn;
 
 	if (c->dstpage[i] && c->dstpfn[i] == pfn)
 		return c->dstpage[i];
+	if (c->run_page && c->run_host && pfn >= c->run_pfn && k < c->run_left) {
+		/* the next page of the current run */
+		c->dstpage[i] = c->run_page + k;
+		c->dstpfn[i] = pfn;
+		c->dsthost[i] = c->run_host + k * PG;
+		return c->dstpage[i];
+	}
 	return dst_page_lookup(c, i, pfn);
 }
 
@@ -497,8 +513,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	struct mig_ctl *c;
 	struct mm_vma *v;
 	struct vma_info vi;
-	uint64_t n;
-	bool sys_ok;
+	uint64_t n, *ents, taken = 0;
+	bool sys_ok, prefilled;
 	int err;
 
 	if (!m || !m->mm || !m->src || !m->dst || m->start >= m->end ||
@@ -566,12 +582,14 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		m->priv = NULL;
 		return -EINVAL;
 	}
+	prefilled = m->flags & UHMM_MIGRATE_DST_PREFILLED;
 	/* UFFDIO_MOVE needs a writable private anonymous source. */
 	sys_ok = (m->flags & UHMM_MIGRATE_SELECT_SYSTEM) && v->kind == VMA_ANON &&
 		 c->write_ok && (mm->features & UHMM_FEAT_MOVE) && (c->stage || c->held);
+	/* the range is inside v: one table, counted once at the end */
+	ents = uhmm_vma_ent(v, m->start, false);
 	for (uint64_t i = 0; i < n; i++) {
-		uint64_t *pe = uhmm_vma_ent(v, VA(m, i), false);
-		uint64_t e = pe ? *pe : 0;
+		uint64_t e = ents ? ents[i] : 0;
 
 		if (ENT_STATE(e) == ENT_DEVICE) {
 			struct uhmm_page *pg = ENT_PTR(e);
@@ -583,18 +601,21 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 				    UHMM_MIGRATE_PFN_VALID | UHMM_MIGRATE_PFN_MIGRATE |
 				    UHMM_MIGRATE_PFN_DEVICE |
 				    (e & ENT_WRITE ? UHMM_MIGRATE_PFN_WRITE : 0);
-			uhmm_ent_set(mm, v, VA(m, i), ENT_MAKE(c, ENT_MIGRATING, 0));
+			ents[i] = ENT_MAKE(c, ENT_MIGRATING, 0);	/* still non-zero */
 		} else if (ENT_STATE(e) == ENT_MIGRATING) {
 			if (uhmm_wake_defer.active && VA(m, i) == uhmm_wake_defer.fault_addr)
 				uhmm_wake_defer.fault_busy = true;
-		} else if (!e && sys_ok && (!(m->flags & UHMM_MIGRATE_DST_PREFILLED) || m->dst[i]) &&
+		} else if (!e && sys_ok && (!prefilled || m->dst[i]) &&
 			   !uhmm_mm_drop_pending_locked(mm, VA(m, i))) {
-			if (!uhmm_vma_ent(v, VA(m, i), true))
+			if (!ents && !(ents = uhmm_vma_ent(v, m->start, true)))
 				continue;
 			m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
-			uhmm_ent_set(mm, v, VA(m, i), ENT_MAKE(c, ENT_MIGRATING, 0));
+			ents[i] = ENT_MAKE(c, ENT_MIGRATING, 0);
+			taken++;
 		}
 	}
+	v->nents += taken;
+	mm->nr_ents += taken;
 	mm_unlock(mm);
 
 	uhmm_invalidate_start(mm, UHMM_EVENT_MIGRATE, m->start, m->end,
@@ -609,7 +630,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			i++;
 			continue;
 		}
-		while (j < n && (m->src[j] & UHMM_MIGRATE_PFN_MIGRATE) &&
+		/* (a run is at most 512 pages: look no further) */
+		while (j < n && j < i + 512 && (m->src[j] & UHMM_MIGRATE_PFN_MIGRATE) &&
 		       !(m->src[j] & UHMM_MIGRATE_PFN_DEVICE))
 			j++;
 		j = i + UHMM_MAX(stage_run(c, i, j), 1);	/* one move: contiguous at both ends */
@@ -725,8 +747,9 @@ int uhmm_migrate_pages(struct uhmm_migrate *m)
  * Where page i's data goes (*to) and comes from (*from) when the driver asked
  * uhmm to move it; 0 if it did not. A zero-filled system source has *from 0.
  */
-static bool move_wanted(const struct uhmm_migrate *m, const struct mig_ctl *c,
-			uint64_t i, uint64_t *to, uint64_t *from)
+static inline __attribute__((always_inline)) bool
+move_wanted(const struct uhmm_migrate *m, const struct mig_ctl *c, uint64_t i, uint64_t *to,
+	    uint64_t *from)
 {
 	uint64_t s = m->src[i], d = m->dst[i];
 
@@ -737,7 +760,7 @@ static bool move_wanted(const struct uhmm_migrate *m, const struct mig_ctl *c,
 		*to = VA(m, i);
 		*from = host_addr(c->devpage[i]);
 	} else {
-		*to = c->dsthost[i];
+		*to = c->dstpage[i] ? c->dsthost[i] : 0;
 		*from = s & UHMM_MIGRATE_PFN_VALID ? stage_at(c, i) : 0;
 	}
 	return true;

@@ -107,16 +107,24 @@ static void pt_leaf_free(struct uhmm_sim *s, struct pt_leaf *l)
 	s->pt_nfree++;
 }
 
-/* The leaf holding @vpn; allocated if @alloc, else NULL when absent. */
-static struct pt_leaf *pt_leaf_of(struct uhmm_sim *s, uint64_t vpn, bool alloc)
+static struct pt_leaf *pt_leaf_walk(struct uhmm_sim *s, uint64_t vpn, bool alloc);
+
+/* The leaf holding @vpn; allocated if @alloc, else NULL when absent.
+ * (inline: the last leaf's check runs for every page a command maps) */
+static inline struct pt_leaf *pt_leaf_of(struct uhmm_sim *s, uint64_t vpn, bool alloc)
+{
+	if (s->pt_last && s->pt_last_base == (vpn & ~(uint64_t)(PT_FAN - 1)))
+		return s->pt_last;
+	return pt_leaf_walk(s, vpn, alloc);
+}
+
+static struct pt_leaf *pt_leaf_walk(struct uhmm_sim *s, uint64_t vpn, bool alloc)
 {
 	uint64_t base = vpn & ~(uint64_t)(PT_FAN - 1);
 	struct pt_node *n = &s->pt;
 
 	if (vpn >> PT_VPN_BITS)
 		return NULL;
-	if (s->pt_last && s->pt_last_base == base)
-		return s->pt_last;
 	for (unsigned int level = PT_LEVELS; level >= 1; level--) {
 		void **slot = &n->slot[pt_index(vpn, level)];
 
@@ -148,7 +156,7 @@ static struct pt_ent *pt_find(struct uhmm_sim *s, uint64_t vpn)
 
 /* False when out of memory: a missing entry only costs the device a fault,
  * but a caller that promised a mapping (exclusive) must say so. */
-static bool pt_set(struct uhmm_sim *s, uint64_t vpn, uint8_t kind, bool write,
+static inline bool pt_set(struct uhmm_sim *s, uint64_t vpn, uint8_t kind, bool write,
 		   void *data)
 {
 	struct pt_leaf *l = pt_leaf_of(s, vpn, true);
@@ -415,8 +423,6 @@ static bool args_ok(struct uhmm_sim *s, uint64_t addr, uint64_t npages, const vo
 static void cpu_entries_are(struct uhmm_sim *s, uint64_t addr,
 			    struct uhmm_page *const *pg, uint64_t n, bool *ok)
 {
-	struct mm_vma *v = NULL;
-
 	/*
 	 * Never wait for mm->lock under s->lock: its holder may be waiting for
 	 * the handler, which may be waiting for s->lock in our invalidate.
@@ -427,14 +433,19 @@ static void cpu_entries_are(struct uhmm_sim *s, uint64_t addr,
 		memset(ok, 0, n * sizeof(*ok));
 		return;
 	}
-	for (uint64_t i = 0; i < n; i++) {
-		uint64_t a = addr + i * PG, e = 0;
+	/* range by range: the pages inside one read its table in a row */
+	for (uint64_t i = 0, lim; i < n; i = lim) {
+		uint64_t a = addr + i * PG;
+		struct mm_vma *v = uhmm_vma_find(s->mm, a);
+		const uint64_t *ents;
 
-		if (!v || a < v->start || a >= v->end)
-			v = uhmm_vma_find(s->mm, a);
-		if (v && v->ents)
-			e = v->ents[(a - v->start) >> UHMM_PAGE_SHIFT];
-		ok[i] = pg[i] && ENT_STATE(e) == ENT_DEVICE && ENT_PTR(e) == pg[i];
+		lim = v ? i + UHMM_MIN(n - i, (v->end - a) / PG) : i + 1;
+		ents = v && v->ents ? &v->ents[(a - v->start) >> UHMM_PAGE_SHIFT] : NULL;
+		for (uint64_t k = i; k < lim; k++) {
+			uint64_t e = ents ? ents[k - i] : 0;
+
+			ok[k] = pg[k] && ENT_STATE(e) == ENT_DEVICE && ENT_PTR(e) == pg[k];
+		}
 	}
 	mm_unlock(s->mm);
 }

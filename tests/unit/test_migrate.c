@@ -1163,6 +1163,43 @@ START_TEST(prefilled_dst_changed_after_setup)
 END_TEST
 
 /*
+ * A system source whose dst[] names system memory with MOVE is no migration,
+ * also when the driver skips uhmm_migrate_pages(): finalize gives the pages
+ * back untouched. Run after a migration straight in, whose arrays (reused,
+ * not all cleared) held device addresses: none of them may be taken for
+ * this migration's destinations.
+ */
+START_TEST(prefilled_then_system_dst_without_pages_moves_nothing)
+{
+	struct drv *d = drv_create_pool(NP, true);
+	uint64_t src[NP], dst[NP];
+	struct uhmm_page *pg[NP];
+	struct uhmm_migrate m;
+	int to_ram;
+
+	t_fill_pattern(mem, LEN, 43);
+	ck_assert_int_eq(prefilled_setup(&m, d, src, dst, pg, 0, UHMM_MIGRATE_PFN_MOVE), 0);
+	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), NP);
+	ck_assert_int_eq(uhmm_migrate_device_range(&d->pgmap, first_pfn(d), NP), NP);
+	to_ram = atomic_load(&d->to_ram);
+	t_fill_pattern(mem, LEN, 44);
+	m = (struct uhmm_migrate){
+		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, NP), .src = src,
+		.dst = dst, .flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = d,
+	};
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_uint_eq(m.cpages, NP);
+	for (int i = 0; i < NP; i++)
+		dst[i] = UHMM_MIGRATE_PFN_SYSTEM | UHMM_MIGRATE_PFN_MOVE;
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	ck_assert_int_eq(t_check_pattern(mem, LEN, 44), -1);
+	ck_assert_int_eq(atomic_load(&d->to_ram), to_ram);	/* nothing on the device */
+	drv_destroy(d);
+}
+END_TEST
+
+/*
  * Where a move straight in cannot work, setup stages the pages as usual and
  * finalize places them: a destination whose memory already holds data, a
  * pool not managed by the mm, or a dst[] without UHMM_MIGRATE_PFN_MOVE
@@ -1266,6 +1303,7 @@ int main(void)
 
 	TCase *tpre = T_TCASE("migrate_dst_prefilled", setup, teardown,
 			      prefilled_moves_pages_straight_in, prefilled_dst_changed_after_setup,
+			      prefilled_then_system_dst_without_pages_moves_nothing,
 			      prefilled_falls_back_to_staging, prefilled_bad_args_einval);
 
 	return t_run_suite("migrate", tsetup, tbufs, tpages, tfin, tfin2, trange, tunmap, tfork,
