@@ -30,6 +30,16 @@ static inline double bench_median(double *v, int n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* The largest of @v[0..n) (for rates: the best repetition). */
+static inline double bench_max(const double *v, int n)
+{
+	double m = v[0];
+
+	for (int i = 1; i < n; i++)
+		m = v[i] > m ? v[i] : m;
+	return m;
+}
+
 /* Repetitions: BENCH_REPS in the environment, default @def. */
 static inline int bench_reps(int def)
 {
