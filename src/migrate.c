@@ -87,20 +87,31 @@ static void stage_drop(struct uhmm_mm *mm, uint8_t *p, uint64_t pages)
 	munmap(p, pages * PG);
 }
 
-/* Empty the area (a move needs empty slots) and cache it, or drop it. */
-static void stage_put(struct uhmm_mm *mm, uint8_t *p, uint64_t pages)
+/* Whether any page of the area is present (mincore, 512 pages a call);
+ * true when it cannot tell. */
+static bool stage_dirty(uint8_t *p, uint64_t pages)
 {
 	unsigned char vec[STAGE_MIN_PAGES];
-	bool dirty = pages > STAGE_MIN_PAGES;
 
-	if (!dirty && mincore(p, pages * PG, vec) == 0) {
-		for (uint64_t i = 0; i < pages && !dirty; i++)
-			dirty = vec[i] & 1;
+	for (uint64_t off = 0; off < pages; off += STAGE_MIN_PAGES) {
+		uint64_t n = UHMM_MIN((uint64_t)STAGE_MIN_PAGES, pages - off);
+
+		if (mincore(p + off * PG, n * PG, vec))
+			return true;
+		for (uint64_t i = 0; i < n; i++)
+			if (vec[i] & 1)
+				return true;
 	}
-	if (dirty) {
+	return false;
+}
+
+/* Empty the area (a move needs empty slots) and cache it, or drop it. The
+ * cache keeps the larger of two idle areas. */
+static void stage_put(struct uhmm_mm *mm, uint8_t *p, uint64_t pages)
+{
+	if (stage_dirty(p, pages)) {
 		/* unregistered, DONTNEED sends no event to the handler */
-		if (pages > STAGE_MIN_PAGES || uhmm_uffd_unregister(mm, (uint64_t)(uintptr_t)p,
-								   pages * PG)) {
+		if (uhmm_uffd_unregister(mm, (uint64_t)(uintptr_t)p, pages * PG)) {
 			stage_drop(mm, p, pages);
 			return;
 		}
@@ -113,10 +124,14 @@ static void stage_put(struct uhmm_mm *mm, uint8_t *p, uint64_t pages)
 		}
 	}
 	mm_lock(mm);
-	if (!mm->stage_cache) {
+	if (!mm->stage_cache || mm->stage_cache_pages < pages) {
+		void *old = mm->stage_cache;
+		uint64_t old_pages = mm->stage_cache_pages;
+
 		mm->stage_cache = p;
 		mm->stage_cache_pages = pages;
-		p = NULL;
+		p = old;
+		pages = old_pages;
 	}
 	mm_unlock(mm);
 	if (p)

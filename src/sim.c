@@ -16,9 +16,10 @@
 #define PG UHMM_PAGE_SIZE
 #define PIECE 64		/* pages per range_fault / access piece */
 #define MIG_PIECE 512		/* pages per migration: amortizes the staging setup */
-/* pages per migration moved into the device (move path, no eviction
- * policy): 16 MiB amortize a migration's fixed costs (range lookup, two
- * mincore calls, the invalidation, the wake) to a few ns a page */
+/* pages per migration into the device (no eviction policy): 16 MiB
+ * amortize a migration's fixed costs (range lookup, mincore calls, the
+ * invalidation, the wake; on the copy path, emptying the staging area) to
+ * a few ns a page */
 #define MOVE_PIECE 4096
 #define BUSY_BUDGET_NS 1000000000ULL
 
@@ -655,20 +656,41 @@ static void sim_evict_some(struct uhmm_sim *s, uint64_t want)
 	uhmm_migrate_device_range(&s->pgmap, first, UHMM_MIN(s->capacity, want * 4));
 }
 
+/* Copy the pairs with one process_vm_readv; whatever it leaves is copied
+ * with memcpy (seccomp, valgrind, a fault-injected failure). */
+static void dma_flush(struct iovec *loc, struct iovec *rem, unsigned long nv)
+{
+	ssize_t r = 0;
+
+	if (nv && !uhmm_fi_fail(UHMM_FI_PROCESS_VM))
+		r = process_vm_readv(getpid(), loc, nv, rem, nv, 0);
+	if (r < 0)
+		r = 0;
+	for (unsigned long k = 0; k < nv; k++) {
+		size_t skip = UHMM_MIN((size_t)r, loc[k].iov_len);
+
+		r -= (ssize_t)skip;
+		if (skip < loc[k].iov_len)
+			memcpy((uint8_t *)loc[k].iov_base + skip,
+			       (uint8_t *)rem[k].iov_base + skip, loc[k].iov_len - skip);
+	}
+}
+
 /*
  * The sim's DMA engine: copy the sources of a migration into the device
  * pages @pages[i] (NULL: not migrating) with process_vm_readv. The kernel
  * reads each page through its own mapping, as a device reads physical
  * memory; a CPU load from a page UFFDIO_MOVE has just placed costs ~2.5 us
  * on a shadow-paging VM (README, "Performance"). Runs contiguous at both
- * ends go as one iovec; whatever the call leaves is copied with memcpy.
+ * ends go as one iovec, up to DMA_IOV pairs a call.
  */
+#define DMA_IOV 256
+
 static void dma_copy_in(const struct uhmm_migrate *m, struct uhmm_page *const *pages,
 			uint64_t n)
 {
-	struct iovec loc[MIG_PIECE], rem[MIG_PIECE];
+	struct iovec loc[DMA_IOV], rem[DMA_IOV];
 	unsigned long nv = 0;
-	ssize_t r = 0;
 
 	for (uint64_t i = 0; i < n; i++) {
 		uint8_t *to = pages[i] ? uhmm_page_to_virt(pages[i]) : NULL;
@@ -680,20 +702,19 @@ static void dma_copy_in(const struct uhmm_migrate *m, struct uhmm_page *const *p
 			memset(to, 0, PG);	/* never touched: zero */
 			continue;
 		}
+		if (nv == DMA_IOV) {
+			/* full: unless this page extends the last pair */
+			struct iovec *l = &loc[nv - 1], *r = &rem[nv - 1];
+
+			if ((uint8_t *)l->iov_base + l->iov_len != to ||
+			    (uint8_t *)r->iov_base + r->iov_len != from) {
+				dma_flush(loc, rem, nv);
+				nv = 0;
+			}
+		}
 		iov_add_page(loc, rem, &nv, to, from);
 	}
-	if (nv && !uhmm_fi_fail(UHMM_FI_PROCESS_VM))
-		r = process_vm_readv(getpid(), loc, nv, rem, nv, 0);
-	if (r < 0)
-		r = 0;		/* (seccomp, valgrind...): the CPU copies */
-	for (unsigned long k = 0; k < nv; k++) {
-		size_t skip = UHMM_MIN((size_t)r, loc[k].iov_len);
-
-		r -= (ssize_t)skip;
-		if (skip < loc[k].iov_len)
-			memcpy((uint8_t *)loc[k].iov_base + skip,
-			       (uint8_t *)rem[k].iov_base + skip, loc[k].iov_len - skip);
-	}
+	dma_flush(loc, rem, nv);
 }
 
 static int sim_to_dev(struct uhmm_sim *s, uint64_t start, uint64_t end)
@@ -814,7 +835,7 @@ static int for_pieces(struct uhmm_sim *s, uint64_t addr, uint64_t npages,
 	if (!s || !npages || !addr || !UHMM_IS_ALIGNED(addr, PG) ||
 	    addr + npages * PG < addr)
 		return -EINVAL;
-	if (to_dev && !s->copy && !s->evict)
+	if (to_dev && !s->evict)
 		piece = MOVE_PIECE;
 	for (uint64_t off = 0; off < npages; off += piece) {
 		uint64_t n = UHMM_MIN(piece, npages - off);
