@@ -1162,6 +1162,65 @@ START_TEST(prefilled_dst_changed_after_setup)
 }
 END_TEST
 
+/* Setup and finalize @n pages from @p with no destination (all stay):
+ * the address of the staging area setup moved them into. */
+static uint8_t *stage_of(uint8_t *p, uint64_t n)
+{
+	uint64_t *src = calloc(n, 8), *dst = calloc(n, 8);
+	struct uhmm_migrate m = {
+		.mm = mm, .start = ADDR(p, 0), .end = ADDR(p, n), .src = src, .dst = dst,
+		.flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = drv,
+	};
+	uint8_t *at;
+
+	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
+	ck_assert_uint_eq(m.cpages, n);
+	at = uhmm_migrate_src_buf(&m, 0);
+	ck_assert_ptr_nonnull(at);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	free(src);
+	free(dst);
+	return at;
+}
+
+/* Mapped, and none of its @n pages present. */
+static bool mapped_and_empty(uint8_t *p, uint64_t n)
+{
+	unsigned char *vec = calloc(n, 1);
+	bool ok = mincore(p, n * T_PAGE, vec) == 0;
+
+	for (uint64_t i = 0; ok && i < n; i++)
+		ok = !(vec[i] & 1);
+	free(vec);
+	return ok;
+}
+
+/*
+ * A staging area outlives its migration, emptied, whatever its size, and
+ * serves the next one that fits; of two idle areas the larger is kept.
+ */
+START_TEST(staging_area_kept_emptied_and_reused)
+{
+	uint64_t n = 2048;
+	uint8_t *big = map_managed(n * T_PAGE), *s1, *s3;
+	unsigned char v;
+
+	t_fill_pattern(big, n * T_PAGE, 51);
+	s1 = stage_of(big, 1024);
+	ck_assert(mapped_and_empty(s1, 1024));
+	ck_assert_ptr_eq(stage_of(big, 512), s1);	/* fits: reused */
+	s3 = stage_of(big, 2048);			/* does not */
+	ck_assert_ptr_ne(s3, s1);
+	ck_assert(mapped_and_empty(s3, 2048));
+	ck_assert_int_eq(mincore(s1, T_PAGE, &v), -1);	/* the smaller one went */
+	ck_assert_int_eq(errno, ENOMEM);
+	ck_assert_ptr_eq(stage_of(big, 1024), s3);
+	ck_assert_int_eq(t_check_pattern(big, n * T_PAGE, 51), -1);
+	uhmm_mm_unmanage(mm, big, n * T_PAGE);
+	munmap(big, n * T_PAGE);
+}
+END_TEST
+
 /*
  * A system source whose dst[] names system memory with MOVE is no migration,
  * also when the driver skips uhmm_migrate_pages(): finalize gives the pages
@@ -1276,7 +1335,7 @@ int main(void)
 	TCase *tsetup = T_TCASE("migrate_setup", setup, teardown, setup_bad_args_einval,
 				setup_collects_system_pages, setup_untouched_pages_have_no_data,
 				setup_skips_shared_readonly_and_foreign,
-				setup_isolates_cpu_writer_waits);
+				setup_isolates_cpu_writer_waits, staging_area_kept_emptied_and_reused);
 	TCase *tbufs = T_TCASE("migrate_src_dst_buf", setup, teardown, bufs_bad_args_null,
 			       bufs_device_source_has_dst_buf);
 	TCase *tpages = T_TCASE("migrate_pages", setup, teardown, pages_bad_args_einval,
