@@ -1015,11 +1015,13 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 		uint64_t s = m->src[i], d = m->dst[i];
 		bool migrate = fin_migrates(c, i);
 		struct uhmm_page *dpg = NULL;
+		uint64_t *pe;
 
 		if (!migrate)
 			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 
-		if (!ours_ent(mm, c, VA(m, i), &v)) {
+		/* (pe stays valid: mm->lock is held until "again") */
+		if (!(pe = ours_ent(mm, c, VA(m, i), &v))) {
 			/* not ours, or unmapped/dropped meanwhile: data is gone */
 			if (migrate && (d & UHMM_MIGRATE_PFN_DEVICE))
 				dpg = c->dstpage[i];
@@ -1041,7 +1043,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 			if (rc == -EAGAIN)
 				goto again;
 			if (migrate && (c->placed[i] || rc == 0)) {
-				uhmm_ent_set(mm, v, VA(m, i), 0);
+				uhmm_ent_store(mm, v, pe, 0);
 				put[nput++] = c->devpage[i];
 				if (c->devpage[i] == uhmm_wake_defer.fault_page)
 					uhmm_wake_defer.fault_done = true;
@@ -1049,16 +1051,16 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 					uhmm_wake_defer.back++;
 				done++;
 			} else {
-				uhmm_ent_set(mm, v, VA(m, i),
-					     ENT_MAKE(c->devpage[i], ENT_DEVICE,
-						      s & UHMM_MIGRATE_PFN_WRITE));
+				uhmm_ent_store(mm, v, pe,
+					       ENT_MAKE(c->devpage[i], ENT_DEVICE,
+							s & UHMM_MIGRATE_PFN_WRITE));
 			}
 			continue;
 		}
 		if (migrate) {		/* system -> device: the entry owns dst */
 			dpg = c->dstpage[i];
-			uhmm_ent_set(mm, v, VA(m, i),
-				     ENT_MAKE(dpg, ENT_DEVICE, s & UHMM_MIGRATE_PFN_WRITE));
+			uhmm_ent_store(mm, v, pe,
+				       ENT_MAKE(dpg, ENT_DEVICE, s & UHMM_MIGRATE_PFN_WRITE));
 			done++;
 			continue;
 		}
@@ -1075,7 +1077,7 @@ int uhmm_migrate_finalize(struct uhmm_migrate *m)
 			if (rc == -EAGAIN)
 				goto again;
 		}
-		uhmm_ent_set(mm, v, VA(m, i), 0);
+		uhmm_ent_store(mm, v, pe, 0);
 		continue;
 again:
 		/* an event is queued: let the handler apply it, then look at
