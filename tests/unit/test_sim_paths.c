@@ -9,7 +9,7 @@
 #include <uhmm.h>
 #include "t_util.h"
 
-#define NPAGES 1536	/* three 512-page migration pieces */
+#define NPAGES 1536	/* three 512-page pieces back to RAM (one migration in) */
 
 static struct uhmm_mm *mm;
 static struct uhmm_sim *sim;
