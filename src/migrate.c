@@ -105,20 +105,22 @@ static bool stage_dirty(uint8_t *p, uint64_t pages)
 	return false;
 }
 
-/* Empty the area (a move needs empty slots) and cache it, or drop it. The
- * cache keeps the larger of two idle areas. */
-static void stage_put(struct uhmm_mm *mm, uint8_t *p, uint64_t pages)
+/* Empty the area (a move needs empty slots) and cache it, or drop it. Only
+ * its first @used pages can hold data (a migration of @used pages used
+ * it). The cache keeps the larger of two idle areas. */
+static void stage_put(struct uhmm_mm *mm, uint8_t *p, uint64_t pages, uint64_t used)
 {
-	if (stage_dirty(p, pages)) {
+	used = UHMM_MIN(used, pages);
+	if (stage_dirty(p, used)) {
 		/* unregistered, DONTNEED sends no event to the handler */
-		if (uhmm_uffd_unregister(mm, (uint64_t)(uintptr_t)p, pages * PG)) {
+		if (uhmm_uffd_unregister(mm, (uint64_t)(uintptr_t)p, used * PG)) {
 			stage_drop(mm, p, pages);
 			return;
 		}
-		madvise(p, pages * PG, MADV_DONTNEED);
+		madvise(p, used * PG, MADV_DONTNEED);
 		/* MISSING only: a move needs no more, and unregistering a WP
 		 * range rewrites every PTE (a third of the emptying's time) */
-		if (uhmm_uffd_register(mm, (uint64_t)(uintptr_t)p, pages * PG, false)) {
+		if (uhmm_uffd_register(mm, (uint64_t)(uintptr_t)p, used * PG, false)) {
 			stage_drop(mm, p, pages);
 			return;
 		}
@@ -191,7 +193,7 @@ void uhmm_migrate_mm_fini(struct uhmm_mm *mm)
 static void ctl_free(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t n)
 {
 	if (c->stage)
-		stage_put(mm, c->stage, c->stage_pages);
+		stage_put(mm, c->stage, c->stage_pages, n);
 	if (c->dstbuf)
 		dstbuf_put(mm, c->dstbuf, c->dstbuf_pages);
 	uhmm_block_put(mm ? &mm->ctl_cache : NULL, c);	/* the arrays are in the block */

@@ -158,7 +158,7 @@ static struct pt_ent *pt_find(struct uhmm_sim *s, uint64_t vpn)
 /* False when out of memory: a missing entry only costs the device a fault,
  * but a caller that promised a mapping (exclusive) must say so. */
 static inline bool pt_set(struct uhmm_sim *s, uint64_t vpn, uint8_t kind, bool write,
-		   void *data)
+			  void *data)
 {
 	struct pt_leaf *l = pt_leaf_of(s, vpn, true);
 	struct pt_ent *e;

@@ -1162,14 +1162,15 @@ START_TEST(prefilled_dst_changed_after_setup)
 }
 END_TEST
 
-/* Setup and finalize @n pages from @p with no destination (all stay):
- * the address of the staging area setup moved them into. */
-static uint8_t *stage_of(uint8_t *p, uint64_t n)
+/* Migrate @n pages from @p to @d's memory (copied from the source
+ * buffers, which stay in the staging area until finalize empties it), then
+ * evict them back: the address of the staging area the migration used. */
+static uint8_t *stage_of(struct drv *d, uint8_t *p, uint64_t n)
 {
 	uint64_t *src = calloc(n, 8), *dst = calloc(n, 8);
 	struct uhmm_migrate m = {
 		.mm = mm, .start = ADDR(p, 0), .end = ADDR(p, n), .src = src, .dst = dst,
-		.flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = drv,
+		.flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = d,
 	};
 	uint8_t *at;
 
@@ -1177,7 +1178,16 @@ static uint8_t *stage_of(uint8_t *p, uint64_t n)
 	ck_assert_uint_eq(m.cpages, n);
 	at = uhmm_migrate_src_buf(&m, 0);
 	ck_assert_ptr_nonnull(at);
-	ck_assert_int_eq(uhmm_migrate_finalize(&m), 0);
+	for (uint64_t i = 0; i < n; i++) {
+		struct uhmm_page *pg;
+
+		ck_assert_int_eq(uhmm_pagemap_alloc_pages(&d->pgmap, 1, 0, &pg), 0);
+		memcpy(uhmm_page_to_virt(pg), uhmm_migrate_src_buf(&m, i), T_PAGE);
+		dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pg));
+	}
+	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
+	ck_assert_int_eq(uhmm_migrate_finalize(&m), (int)n);
+	ck_assert_int_eq(uhmm_migrate_device_range(&d->pgmap, first_pfn(d), d->npages), (int)n);
 	free(src);
 	free(dst);
 	return at;
@@ -1202,22 +1212,28 @@ static bool mapped_and_empty(uint8_t *p, uint64_t n)
 START_TEST(staging_area_kept_emptied_and_reused)
 {
 	uint64_t n = 2048;
+	struct drv *d = drv_create(n);
 	uint8_t *big = map_managed(n * T_PAGE), *s1, *s3;
 	unsigned char v;
 
 	t_fill_pattern(big, n * T_PAGE, 51);
-	s1 = stage_of(big, 1024);
+	s1 = stage_of(d, big, 1024);
 	ck_assert(mapped_and_empty(s1, 1024));
-	ck_assert_ptr_eq(stage_of(big, 512), s1);	/* fits: reused */
-	s3 = stage_of(big, 2048);			/* does not */
+	ck_assert_ptr_eq(stage_of(d, big, 512), s1);	/* fits: reused */
+	ck_assert(mapped_and_empty(s1, 1024));
+	s3 = stage_of(d, big, 2048);			/* does not */
 	ck_assert_ptr_ne(s3, s1);
 	ck_assert(mapped_and_empty(s3, 2048));
 	ck_assert_int_eq(mincore(s1, T_PAGE, &v), -1);	/* the smaller one went */
 	ck_assert_int_eq(errno, ENOMEM);
-	ck_assert_ptr_eq(stage_of(big, 1024), s3);
+	ck_assert_ptr_eq(stage_of(d, big, 1024), s3);	/* its first half emptied */
+	ck_assert(mapped_and_empty(s3, 2048));
+	ck_assert_ptr_eq(stage_of(d, big, 2048), s3);	/* and all of it usable */
+	ck_assert(mapped_and_empty(s3, 2048));
 	ck_assert_int_eq(t_check_pattern(big, n * T_PAGE, 51), -1);
 	uhmm_mm_unmanage(mm, big, n * T_PAGE);
 	munmap(big, n * T_PAGE);
+	drv_destroy(d);
 }
 END_TEST
 
