@@ -839,8 +839,13 @@ static int for_pieces(struct uhmm_sim *s, uint64_t addr, uint64_t npages,
 		piece = MOVE_PIECE;
 	for (uint64_t off = 0; off < npages; off += piece) {
 		uint64_t n = UHMM_MIN(piece, npages - off);
-		int r = fn(s, addr + off * PG, addr + (off + n) * PG);
+		int r;
 
+		/* full after a piece, and no eviction: nothing more fits (the
+		 * pages would only be taken from the process and given back) */
+		if (to_dev && off && !s->evict && uhmm_pagemap_nr_free(&s->pgmap) == 0)
+			break;
+		r = fn(s, addr + off * PG, addr + (off + n) * PG);
 		if (r < 0)
 			return total ? total : r;
 		if (to_dev && (uint64_t)r < n && s->evict && uhmm_pagemap_nr_free(&s->pgmap) == 0) {

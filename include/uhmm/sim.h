@@ -98,8 +98,10 @@ UHMM_API int uhmm_sim_write(struct uhmm_sim *sim, uint64_t addr, uint64_t npages
 			    const void *buf);
 /**
  * uhmm_sim_migrate_to_dev() - migrate system pages of the range into device
- * memory. Return: pages moved (>= 0; fewer when device memory is full), or
- * -EINVAL (bad args, unmanaged range), -ENOMEM.
+ * memory, 16 MiB at a time; without evict_when_full it stops at the first
+ * 16 MiB after which device memory is full. Return: pages moved (>= 0;
+ * fewer when device memory is full), or -EINVAL (bad args, unmanaged
+ * range), -ENOMEM.
  */
 UHMM_API int uhmm_sim_migrate_to_dev(struct uhmm_sim *sim, uint64_t addr,
 				     uint64_t npages);

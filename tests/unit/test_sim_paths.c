@@ -109,6 +109,42 @@ START_TEST(copy_path_full_device_keeps_the_rest)
 }
 END_TEST
 
+/*
+ * Full after the first 16 MiB of a bigger range (no eviction policy): the
+ * rest is left alone, not taken from the process and given back (no
+ * MIGRATE invalidation reaches it), and keeps its data.
+ */
+static void full_device_skips(int copy)
+{
+	size_t n = 8192, piece = 4096;
+	struct t_rec *r = t_rec_new();
+	uint8_t *big;
+
+	open_sim(copy, 100);
+	ck_assert_int_eq(uhmm_mm_alloc(mm, n * T_PAGE, 0, (void **)&big), 0);
+	t_fill_pattern(big, n * T_PAGE, 13);
+	t_rec_insert(r, mm, big + piece * T_PAGE, (n - piece) * T_PAGE);
+	ck_assert_int_eq(uhmm_sim_migrate_to_dev(sim, (uintptr_t)big, n), 100);
+	ck_assert(!t_rec_has(r, UHMM_EVENT_MIGRATE, sim));
+	ck_assert_uint_eq(t_resident_pages(big, n * T_PAGE), n - 100);
+	ck_assert_int_eq(t_check_pattern(big, n * T_PAGE, 13), -1);
+	t_rec_free(r);
+	ck_assert_int_eq(uhmm_mm_free(mm, big, n * T_PAGE), 0);
+	close_sim();
+}
+
+START_TEST(move_path_full_device_skips_the_rest)
+{
+	full_device_skips(0);
+}
+END_TEST
+
+START_TEST(copy_path_full_device_skips_the_rest)
+{
+	full_device_skips(1);
+}
+END_TEST
+
 /* Never-touched pages migrate as zero pages on both paths and read as zero. */
 static void zero_pages(int copy)
 {
@@ -270,11 +306,13 @@ int main(void)
 
 	tcase_add_test(mv, move_path_round_trip_is_byte_exact);
 	tcase_add_test(mv, move_path_full_device_keeps_the_rest);
+	tcase_add_test(mv, move_path_full_device_skips_the_rest);
 	tcase_add_test(mv, move_path_untouched_pages_read_zero);
 	tcase_add_test(mv, move_path_reused_pool_pages_hold_new_data);
 	tcase_add_test(mv, move_path_device_write_comes_back);
 	tcase_add_test(cp, copy_path_round_trip_is_byte_exact);
 	tcase_add_test(cp, copy_path_full_device_keeps_the_rest);
+	tcase_add_test(cp, copy_path_full_device_skips_the_rest);
 	tcase_add_test(cp, copy_path_untouched_pages_read_zero);
 	tcase_add_test(cp, copy_path_device_write_comes_back);
 	tcase_add_test(cp, copy_path_fragmented_pool_is_byte_exact);
