@@ -186,13 +186,28 @@ static char *map_aligned(size_t len, int thp, char **raw)
 	return p;
 }
 
+/* Unmap what map_aligned() gave (nothing if @p is NULL). */
+static void unmap_aligned(char *p, char *raw, size_t len)
+{
+	if (p)
+		munmap(raw, len + (2UL << 20));
+}
+
+/* One bare UFFDIO_MOVE of @len bytes from @from to @to: 0, or -1. */
+static int uffd_move_bytes(int fd, char *to, char *from, size_t len)
+{
+	struct uffdio_move m = { .dst = (uint64_t)(uintptr_t)to,
+				 .src = (uint64_t)(uintptr_t)from, .len = len };
+
+	return ioctl(fd, UFFDIO_MOVE, &m);
+}
+
 struct env {
 	struct uhmm_mm *mm;
 	struct uhmm_sim *sim;
 	char *p;
 	size_t n;
 	char *raw;		/* THP-backed: the mapping behind p */
-	size_t raw_len;
 };
 
 /* 2 MiB-aligned memory filled as transparent huge pages, then managed. */
@@ -200,7 +215,6 @@ static int env_thp(struct env *e, size_t n)
 {
 	size_t len = n * PG;
 
-	e->raw_len = len + (2UL << 20);
 	e->p = map_aligned(len, 1, &e->raw);
 	if (!e->p)
 		return -ENOMEM;
@@ -247,7 +261,7 @@ static void env_close(struct env *e)
 	uhmm_sim_destroy(e->sim);
 	if (e->raw) {
 		uhmm_mm_unmanage(e->mm, e->p, e->n * PG);
-		munmap(e->raw, e->raw_len);
+		unmap_aligned(e->p, e->raw, e->n * PG);
 	} else {
 		uhmm_mm_free(e->mm, e->p, e->n * PG);
 	}
@@ -299,24 +313,17 @@ static double floor_move(int thp)
 		char *from = r % 2 ? b : a, *to = r % 2 ? a : b;
 		uint64_t t0 = bench_now_ns();
 
-		for (size_t off = 0; off < len; off += huge) {
-			struct uffdio_move m = { .dst = (uint64_t)(uintptr_t)(to + off),
-						 .src = (uint64_t)(uintptr_t)(from + off),
-						 .len = huge };
-
-			if (ioctl(fd, UFFDIO_MOVE, &m))
+		for (size_t off = 0; off < len; off += huge)
+			if (uffd_move_bytes(fd, to + off, from + off, huge))
 				goto out;
-		}
 		v[r] = (double)len / (double)(bench_now_ns() - t0);
 	}
 	ret = bench_median(v, reps);
 out:
 	if (fd >= 0)
 		close(fd);
-	if (a)
-		munmap(ra, len + huge);
-	if (b)
-		munmap(rb, len + huge);
+	unmap_aligned(a, ra, len);
+	unmap_aligned(b, rb, len);
 	return ret;
 }
 
@@ -347,12 +354,9 @@ static double floor_copy(void)
 		uint64_t t0 = bench_now_ns();
 
 		for (size_t off = 0; off < len; off += huge) {
-			struct uffdio_move m = { .dst = (uint64_t)(uintptr_t)(st + off),
-						 .src = (uint64_t)(uintptr_t)(a + off),
-						 .len = huge };
 			struct iovec l = { d + off, huge }, rm = { st + off, huge };
 
-			if (ioctl(fd, UFFDIO_MOVE, &m) ||
+			if (uffd_move_bytes(fd, st + off, a + off, huge) ||
 			    process_vm_readv(getpid(), &l, 1, &rm, 1, 0) != (ssize_t)huge ||
 			    madvise(st + off, huge, MADV_DONTNEED))
 				goto out;
@@ -371,12 +375,9 @@ static double floor_copy(void)
 out:
 	if (fd >= 0)
 		close(fd);
-	if (a)
-		munmap(ra, len + huge);
-	if (st)
-		munmap(rs, len + huge);
-	if (d)
-		munmap(rd, len + huge);
+	unmap_aligned(a, ra, len);
+	unmap_aligned(st, rs, len);
+	unmap_aligned(d, rd, len);
 	return ret;
 }
 

@@ -55,7 +55,6 @@ struct dax_map {
 	struct dax_map *next;
 	char *addr;
 	size_t len;			/* mapped bytes */
-	size_t span;			/* reserved bytes (>= len) */
 };
 
 struct dax_kmem;

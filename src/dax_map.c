@@ -68,12 +68,6 @@ bool uhmm_dax_dev_busy(struct uhmm_dax_dev *dev)
 /* ---------------------------------------------------------------------- */
 /* Direct map (the device's memory at one contiguous span) and pagemap    */
 
-static void *map_reserve(size_t len, size_t align, size_t *span)
-{
-	*span = len;
-	return uhmm_map_aligned(len, align, PROT_NONE, false);
-}
-
 /* Map the device-offset part [from, end of ranges) of @ranges at @base. */
 static int map_ranges(struct uhmm_dax_region *r, char *base,
 		      const struct uhmm_dax_range *rg, uint32_t nr,
@@ -204,10 +198,12 @@ int uhmm_dax_dev_activate(struct uhmm_dax_dev *dev, const struct dax_ldev *ld)
 	int ret;
 
 	if (!dev->dmap) {
-		dev->dmap = map_reserve(UHMM_ALIGN_UP(r->lay->size, ld->align),
-					ld->align, &dev->dmap_span);
+		size_t span = UHMM_ALIGN_UP(r->lay->size, ld->align);
+
+		dev->dmap = uhmm_map_aligned(span, ld->align, PROT_NONE, false);
 		if (!dev->dmap)
 			return -ENOMEM;
+		dev->dmap_span = span;
 	}
 	if (!ranges_equal(ld, dev->dmap_ranges, dev->dmap_nr) ||
 	    !dev->dmap_len) {
@@ -288,7 +284,6 @@ static int dax_map_locked(struct uhmm_dax_dev *dev, struct dax_ldev *ld,
 {
 	struct map_arg *a = arg;
 	struct dax_map *m;
-	size_t span;
 	int ret;
 
 	if (ld->mode == UHMM_DAX_MODE_KMEM)
@@ -306,14 +301,13 @@ static int dax_map_locked(struct uhmm_dax_dev *dev, struct dax_ldev *ld,
 	if (ret)
 		goto err_busy;
 	ret = -ENOMEM;
-	m->addr = map_reserve(m->len, ld->align, &span);
+	m->addr = uhmm_map_aligned(m->len, ld->align, PROT_NONE, false);
 	if (!m->addr)
 		goto err_busy;
-	m->span = span;
 	ret = map_ranges(dev->region, m->addr, ld->ranges, ld->nr_range, 0,
 			 a->prot);
 	if (ret) {
-		munmap(m->addr, m->span);
+		munmap(m->addr, m->len);
 		goto err_busy;
 	}
 	m->next = dev->maps;
@@ -354,7 +348,7 @@ int uhmm_dax_unmap(struct uhmm_dax_dev *dev, void *addr)
 		return -EINVAL;
 	}
 	*pp = m->next;
-	munmap(m->addr, m->span);
+	munmap(m->addr, m->len);
 	free(m);
 	dev->nr_maps--;
 	uhmm_dax_busy_update(dev);

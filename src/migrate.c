@@ -30,6 +30,8 @@ struct mig_ctl {
 
 #define PG UHMM_PAGE_SIZE
 #define VA(m, i) ((m)->start + (i) * PG)
+/* pages one move, copy or mincore call takes at most (one page table's) */
+#define RUN_MAX 512
 
 static bool page_present(const void *addr)
 {
@@ -87,14 +89,14 @@ static void stage_drop(struct uhmm_mm *mm, uint8_t *p, uint64_t pages)
 	munmap(p, pages * PG);
 }
 
-/* Whether any page of the area is present (mincore, 512 pages a call);
+/* Whether any page of the area is present (mincore, RUN_MAX pages a call);
  * true when it cannot tell. */
 static bool stage_dirty(uint8_t *p, uint64_t pages)
 {
-	unsigned char vec[STAGE_MIN_PAGES];
+	unsigned char vec[RUN_MAX];
 
-	for (uint64_t off = 0; off < pages; off += STAGE_MIN_PAGES) {
-		uint64_t n = UHMM_MIN((uint64_t)STAGE_MIN_PAGES, pages - off);
+	for (uint64_t off = 0; off < pages; off += RUN_MAX) {
+		uint64_t n = UHMM_MIN((uint64_t)RUN_MAX, pages - off);
 
 		if (mincore(p + off * PG, n * PG, vec))
 			return true;
@@ -244,11 +246,11 @@ static uint64_t stage_at(const struct mig_ctl *c, uint64_t i)
 	return c->stage ? (uint64_t)(uintptr_t)c->stage + i * PG : 0;
 }
 
-/* Pages from @i on (up to @j, at most 512) whose staging memory follows on
+/* Pages from @i on (up to @j, at most RUN_MAX) whose staging memory follows on
  * from page i's; 0 if page i has none. */
 static uint64_t stage_run(const struct mig_ctl *c, uint64_t i, uint64_t j)
 {
-	uint64_t a = stage_at(c, i), k = 1, lim = UHMM_MIN(j - i, 512);
+	uint64_t a = stage_at(c, i), k = 1, lim = UHMM_MIN(j - i, RUN_MAX);
 
 	if (!a)
 		return 0;
@@ -321,7 +323,7 @@ static bool direct_setup(struct uhmm_mm *mm, struct uhmm_migrate *m, struct mig_
 	/* run by run (contiguous host memory): managed here, and empty */
 	for (uint64_t i = 0, j; i < n && ok; i = j) {
 		uint64_t a = stage_at(c, i), k = stage_run(c, i, n);
-		unsigned char vec[512];
+		unsigned char vec[RUN_MAX];
 		struct mm_vma *v;
 
 		j = i + UHMM_MAX(k, 1);
@@ -393,7 +395,7 @@ static bool stays_staged(const struct mig_ctl *c, uint64_t i)
 }
 
 /*
- * The end of the run of pages from i (at most 512) that @same accepts, still
+ * The end of the run of pages from i (at most RUN_MAX) that @same accepts, still
  * this migration's and in range @v; with @from, their data also follows on
  * from page i's at @from. One system call then places the whole run: one
  * per page cost most of a migration (mm->lock held).
@@ -403,7 +405,7 @@ static uint64_t run_end(struct uhmm_mm *mm, struct mig_ctl *c, uint64_t i, struc
 {
 	uint64_t j = i + 1;
 
-	while (j < c->m->npages && j - i < 512 && same(c, j) &&
+	while (j < c->m->npages && j - i < RUN_MAX && same(c, j) &&
 	       (!from || stage_at(c, j) == from + (j - i) * PG)) {
 		struct mm_vma *w = v;
 
@@ -647,8 +649,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			i++;
 			continue;
 		}
-		/* (a run is at most 512 pages: look no further) */
-		while (j < n && j < i + 512 && (m->src[j] & UHMM_MIGRATE_PFN_MIGRATE) &&
+		/* (a run is at most RUN_MAX pages: look no further) */
+		while (j < n && j < i + RUN_MAX && (m->src[j] & UHMM_MIGRATE_PFN_MIGRATE) &&
 		       !(m->src[j] & UHMM_MIGRATE_PFN_DEVICE))
 			j++;
 		j = i + UHMM_MAX(stage_run(c, i, j), 1);	/* one move: contiguous at both ends */
@@ -693,7 +695,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	 * of contiguous staging memory. */
 	for (uint64_t off = 0, k; off < n; off += UHMM_MAX(k, 1)) {
 		uint64_t a = stage_at(c, off), w = c->write_ok ? UHMM_MIGRATE_PFN_WRITE : 0;
-		unsigned char vec[512];
+		unsigned char vec[RUN_MAX];
 
 		k = stage_run(c, off, n);
 		if (k && mincore((void *)(uintptr_t)a, k * PG, vec))
@@ -800,12 +802,12 @@ static int place_one(struct uhmm_mm *mm, uint64_t to, uint64_t from, bool to_pro
 /* Fill what a move from holes left empty in [to, to + len) of the process. */
 static void fill_holes(struct uhmm_mm *mm, uint64_t to, uint64_t len)
 {
-	unsigned char vec[512];
+	unsigned char vec[RUN_MAX];
 	uint64_t done;
 
 	uhmm_lockdep_assert_held(&mm->lock);
-	for (uint64_t off = 0; off < len; off += 512 * PG) {
-		uint64_t n = UHMM_MIN(512, (len - off) / PG);
+	for (uint64_t off = 0; off < len; off += RUN_MAX * PG) {
+		uint64_t n = UHMM_MIN(RUN_MAX, (len - off) / PG);
 
 		if (mincore((void *)(uintptr_t)(to + off), n * PG, vec))
 			return;

@@ -507,18 +507,22 @@ static int sim_fault(struct uhmm_sim *s, uint64_t a, uint64_t b, bool write)
 }
 
 /* Add page @l <- @r to a process_vm iovec pair; a page that continues the
- * last pair at both ends extends it. */
-static void iov_add_page(struct iovec *loc, struct iovec *rem, unsigned long *nv,
-			 void *l, void *r)
+ * last pair at both ends extends it. False when all @cap pairs are used and
+ * the page needs a new one. */
+static bool iov_add_page(struct iovec *loc, struct iovec *rem, unsigned long *nv,
+			 unsigned long cap, void *l, void *r)
 {
 	if (*nv && (uint8_t *)loc[*nv - 1].iov_base + loc[*nv - 1].iov_len == l &&
 	    (uint8_t *)rem[*nv - 1].iov_base + rem[*nv - 1].iov_len == r) {
 		loc[*nv - 1].iov_len += PG;
 		rem[*nv - 1].iov_len += PG;
-		return;
+		return true;
 	}
+	if (*nv == cap)
+		return false;	/* a new pair is needed and there is no room */
 	loc[*nv] = (struct iovec){ l, PG };
 	rem[(*nv)++] = (struct iovec){ r, PG };
+	return true;
 }
 
 /* Every page of [a, a + n pages) still has an entry of the kind seen (s->lock). */
@@ -578,7 +582,8 @@ static int sim_access(struct uhmm_sim *s, uint64_t a, uint64_t n, uint8_t *buf,
 			kinds[i] = e ? e->kind : 0;
 			if (kinds[i] != PT_SYS)
 				continue;
-			iov_add_page(local, remote, &nv, buf + i * PG, (void *)(uintptr_t)(a + i * PG));
+			iov_add_page(local, remote, &nv, PIECE, buf + i * PG,
+				     (void *)(uintptr_t)(a + i * PG));
 		}
 		pthread_mutex_unlock(&s->lock);
 		if (nv) {
@@ -702,17 +707,11 @@ static void dma_copy_in(const struct uhmm_migrate *m, struct uhmm_page *const *p
 			memset(to, 0, PG);	/* never touched: zero */
 			continue;
 		}
-		if (nv == DMA_IOV) {
-			/* full: unless this page extends the last pair */
-			struct iovec *l = &loc[nv - 1], *r = &rem[nv - 1];
-
-			if ((uint8_t *)l->iov_base + l->iov_len != to ||
-			    (uint8_t *)r->iov_base + r->iov_len != from) {
-				dma_flush(loc, rem, nv);
-				nv = 0;
-			}
+		if (!iov_add_page(loc, rem, &nv, DMA_IOV, to, from)) {
+			dma_flush(loc, rem, nv);	/* full: copy what it holds */
+			nv = 0;
+			iov_add_page(loc, rem, &nv, DMA_IOV, to, from);
 		}
-		iov_add_page(loc, rem, &nv, to, from);
 	}
 	dma_flush(loc, rem, nv);
 }

@@ -172,10 +172,11 @@ static uint64_t first_pfn(struct drv *d)
 
 /*
  * Migrate [addr, addr + n pages) to the driver. skip(i) true leaves dst[i]
- * empty. Returns finalize's count; *cpages gets setup's.
+ * empty. Returns finalize's count; *cpages gets setup's, *src0 (if given)
+ * page 0's source buffer.
  */
-static int drv_to_dev(struct drv *d, void *addr, uint64_t n, uint64_t skip_mask,
-		      uint64_t *cpages)
+static int drv_to_dev_at(struct drv *d, void *addr, uint64_t n, uint64_t skip_mask,
+			 uint64_t *cpages, uint8_t **src0)
 {
 	uint64_t *src = calloc(n, 8), *dst = calloc(n, 8);
 	struct uhmm_page **pg = calloc(n, sizeof(*pg));
@@ -189,6 +190,8 @@ static int drv_to_dev(struct drv *d, void *addr, uint64_t n, uint64_t skip_mask,
 	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
 	if (cpages)
 		*cpages = m.cpages;
+	if (src0)
+		*src0 = uhmm_migrate_src_buf(&m, 0);
 	for (uint64_t i = 0; i < n; i++) {
 		void *from;
 
@@ -211,6 +214,12 @@ static int drv_to_dev(struct drv *d, void *addr, uint64_t n, uint64_t skip_mask,
 	free(dst);
 	free(pg);
 	return done;
+}
+
+static int drv_to_dev(struct drv *d, void *addr, uint64_t n, uint64_t skip_mask,
+		      uint64_t *cpages)
+{
+	return drv_to_dev_at(d, addr, n, skip_mask, cpages, NULL);
 }
 
 /* Device -> system for the driver's pages of the range, page i only if bit
@@ -702,6 +711,15 @@ START_TEST(finalize_to_ram_dst_empty_sigbus)
 }
 END_TEST
 
+/* A migration of page @i of mem from drv's memory back to the system. */
+static struct uhmm_migrate one_page_back(int i, uint64_t *src, uint64_t *dst)
+{
+	return (struct uhmm_migrate){
+		.mm = mm, .start = ADDR(mem, i), .end = ADDR(mem, i + 1), .src = src,
+		.dst = dst, .flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE, .pgmap_owner = drv,
+	};
+}
+
 /*
  * Another migration holds the faulting page while migrate_to_ram runs (the
  * driver's setup finds it busy), then gives it back to the device before the
@@ -714,10 +732,7 @@ static atomic_int holder_state;		/* 1: page held, 2: let it go */
 static void *hold_page0(void *arg)
 {
 	uint64_t src[1], dst[1];
-	struct uhmm_migrate m = {
-		.mm = mm, .start = ADDR(mem, 0), .end = ADDR(mem, 1), .src = src, .dst = dst,
-		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE, .pgmap_owner = drv,
-	};
+	struct uhmm_migrate m = one_page_back(0, src, dst);
 
 	(void)arg;
 	if (uhmm_migrate_setup(&m) || !(src[0] & UHMM_MIGRATE_PFN_MIGRATE)) {
@@ -932,10 +947,7 @@ static atomic_int late_setup_done;
 static void *late_to_sys(void *arg)
 {
 	uint64_t src[1], dst[1];
-	struct uhmm_migrate m = {
-		.mm = mm, .start = ADDR(mem, 5), .end = ADDR(mem, 6), .src = src, .dst = dst,
-		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE, .pgmap_owner = drv,
-	};
+	struct uhmm_migrate m = one_page_back(5, src, dst);
 
 	(void)arg;
 	if (uhmm_migrate_setup(&m))
@@ -1162,34 +1174,18 @@ START_TEST(prefilled_dst_changed_after_setup)
 }
 END_TEST
 
-/* Migrate @n pages from @p to @d's memory (copied from the source
- * buffers, which stay in the staging area until finalize empties it), then
- * evict them back: the address of the staging area the migration used. */
+/* Migrate @n pages from @p to @d (copied from the source buffers, which
+ * stay in the staging area until finalize empties it), then evict them
+ * back: the address of the staging area the migration used. */
 static uint8_t *stage_of(struct drv *d, uint8_t *p, uint64_t n)
 {
-	uint64_t *src = calloc(n, 8), *dst = calloc(n, 8);
-	struct uhmm_migrate m = {
-		.mm = mm, .start = ADDR(p, 0), .end = ADDR(p, n), .src = src, .dst = dst,
-		.flags = UHMM_MIGRATE_SELECT_SYSTEM, .pgmap_owner = d,
-	};
+	uint64_t cpages;
 	uint8_t *at;
 
-	ck_assert_int_eq(uhmm_migrate_setup(&m), 0);
-	ck_assert_uint_eq(m.cpages, n);
-	at = uhmm_migrate_src_buf(&m, 0);
+	ck_assert_int_eq(drv_to_dev_at(d, p, n, 0, &cpages, &at), (int)n);
+	ck_assert_uint_eq(cpages, n);
 	ck_assert_ptr_nonnull(at);
-	for (uint64_t i = 0; i < n; i++) {
-		struct uhmm_page *pg;
-
-		ck_assert_int_eq(uhmm_pagemap_alloc_pages(&d->pgmap, 1, 0, &pg), 0);
-		memcpy(uhmm_page_to_virt(pg), uhmm_migrate_src_buf(&m, i), T_PAGE);
-		dst[i] = uhmm_migrate_pfn(uhmm_page_to_pfn(pg));
-	}
-	ck_assert_int_eq(uhmm_migrate_pages(&m), 0);
-	ck_assert_int_eq(uhmm_migrate_finalize(&m), (int)n);
 	ck_assert_int_eq(uhmm_migrate_device_range(&d->pgmap, first_pfn(d), d->npages), (int)n);
-	free(src);
-	free(dst);
 	return at;
 }
 
